@@ -1,0 +1,105 @@
+"""Reports: figures over a period, from aggregate queries (never a loop over sessions)."""
+
+import statistics
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
+
+from .models import ChatSession, Event, EventType, Report, Summary
+
+TOP_TOPICS = 10
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """Return p50, p95 and p99 of the values (linear interpolation), None when there are none."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    if len(values) == 1:
+        return {"p50": values[0], "p95": values[0], "p99": values[0]}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(cuts[49], 3), "p95": round(cuts[94], 3), "p99": round(cuts[98], 3)}
+
+
+def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
+    """Compute the figures of sessions started in [start, end) and of events recorded in it."""
+    sessions = ChatSession.objects.filter(started_at__gte=start, started_at__lt=end)
+    events = Event.objects.filter(created_at__gte=start, created_at__lt=end)
+    totals = sessions.aggregate(
+        sessions=Count("id"),
+        users=Count("user", distinct=True),
+        anonymous_visitors=Count("anon_key", distinct=True, filter=Q(user__isnull=True)),
+        turns=Coalesce(Sum("turn_count"), 0),
+        tool_calls=Coalesce(Sum("tool_call_count"), 0),
+        errors=Coalesce(Sum("error_count"), 0),
+    )
+    totals["messages"] = events.filter(type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE]).count()
+    durations = sorted(sessions.filter(duration_seconds__isnull=False).values_list("duration_seconds", flat=True))
+    ttfts = sorted(
+        value
+        for value in events.filter(type=EventType.ASSISTANT_MESSAGE).values_list("data__ttft_ms", flat=True)
+        if isinstance(value, int | float)
+    )
+    tokens_by_model = {
+        row["model"] or "unknown": {"prompt_tokens": row["prompt"], "completion_tokens": row["completion"]}
+        for row in sessions.values("model").annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+    }
+    tools = {}
+    for row in (
+        events.filter(type=EventType.TOOL_RESULT)
+        .values("data__name")
+        .annotate(calls=Count("id"), failed=Count("id", filter=Q(data__ok=False)))
+    ):
+        tools[row["data__name"] or "unknown"] = {
+            "calls": row["calls"],
+            "failed": row["failed"],
+            "failure_rate": round(row["failed"] / row["calls"], 4),
+        }
+    errors_by_code = {
+        row["data__code"] or "unknown": row["count"]
+        for row in events.filter(type=EventType.ERROR).values("data__code").annotate(count=Count("id"))
+    }
+    summaries = Summary.objects.filter(session__in=sessions, status="done")
+    topics = Counter(
+        topic.lower() for key_topics in summaries.values_list("key_topics", flat=True) for topic in key_topics or []
+    )
+    sentiment = {row["sentiment"]: row["count"] for row in summaries.values("sentiment").annotate(count=Count("id"))}
+    return {
+        **totals,
+        "duration_seconds": percentiles(durations),
+        "ttft_ms": percentiles(ttfts),
+        "tokens_by_model": tokens_by_model,
+        "tools": tools,
+        "errors_by_code": errors_by_code,
+        "top_topics": [{"topic": topic, "sessions": count} for topic, count in topics.most_common(TOP_TOPICS)],
+        "sentiment": sentiment,
+    }
+
+
+def report_build(*, start: datetime, end: datetime, kind: str) -> Report:
+    """Compute and store the report of the period; building it again replaces its figures."""
+    report, _ = Report.objects.update_or_create(
+        kind=kind, period_start=start, period_end=end, defaults={"figures": report_figures(start=start, end=end)}
+    )
+    return report
+
+
+def report_rows(figures: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Flatten a report's figures into (section, name, value) rows, for CSV."""
+    rows: list[tuple[str, str, Any]] = []
+    for section, value in figures.items():
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                if isinstance(inner, dict):
+                    rows.extend((f"{section}.{name}", key, item) for key, item in inner.items())
+                else:
+                    rows.append((section, name, inner))
+        elif isinstance(value, list):
+            rows.extend(
+                (section, str(item.get("topic", n)), item.get("sessions", item)) for n, item in enumerate(value)
+            )
+        else:
+            rows.append(("totals", section, value))
+    return rows

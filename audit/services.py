@@ -1,0 +1,309 @@
+"""Writes to the audit record. Every change to a session or its events goes through here."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from .models import ChatSession, Event, EventType, SessionStatus, Summary, SummaryStatus
+from .redaction import redact
+
+
+class SessionForbidden(Exception):
+    """The session exists and belongs to someone else."""
+
+
+@dataclass(frozen=True)
+class SessionOpened:
+    session: ChatSession
+    resumed: bool
+
+
+def session_owned_by(session: ChatSession, *, user_id: int | None, anon_key: str) -> bool:
+    """Return whether the caller (a user, or an anonymous session key) owns the session."""
+    if session.user_id is not None:
+        return user_id == session.user_id
+    return bool(anon_key) and user_id is None and anon_key == session.anon_key
+
+
+@transaction.atomic
+def session_open(*, session_id: UUID, user_id: int | None, anon_key: str, model: str, llm_mode: str) -> SessionOpened:
+    """Create the session, or resume it for its owner (reopening it when it had ended)."""
+    session = ChatSession.objects.select_for_update().filter(pk=session_id).first()
+    if session is None:
+        try:
+            with transaction.atomic():
+                session = ChatSession.objects.create(
+                    id=session_id,
+                    user_id=user_id,
+                    anon_key="" if user_id else anon_key,
+                    model=model,
+                    llm_mode=llm_mode,
+                    open_connections=1,
+                )
+            return SessionOpened(session=session, resumed=False)
+        except IntegrityError:
+            # Another connection created it between our read and insert.
+            session = ChatSession.objects.select_for_update().get(pk=session_id)
+    if not session_owned_by(session, user_id=user_id, anon_key=anon_key):
+        raise SessionForbidden(str(session_id))
+    session.status = SessionStatus.ACTIVE
+    session.ended_at = None
+    session.duration_seconds = None
+    session.model = model
+    session.llm_mode = llm_mode
+    session.last_activity_at = timezone.now()
+    session.open_connections = F("open_connections") + 1
+    session.save(
+        update_fields=[
+            "status",
+            "ended_at",
+            "duration_seconds",
+            "model",
+            "llm_mode",
+            "last_activity_at",
+            "open_connections",
+        ]
+    )
+    session.refresh_from_db(fields=["open_connections"])
+    return SessionOpened(session=session, resumed=True)
+
+
+_COUNTERS: dict[str, dict[str, int]] = {
+    EventType.USER_MESSAGE: {"message_count": 1, "turn_count": 1},
+    EventType.ASSISTANT_MESSAGE: {"message_count": 1},
+    EventType.TOOL_CALL: {"tool_call_count": 1},
+    EventType.ERROR: {"error_count": 1},
+}
+
+
+@transaction.atomic
+def event_record(*, session_id: UUID, type: str, content: str = "", data: dict[str, Any] | None = None) -> Event:
+    """Append an event to the session with the next seq, and update the session's counters.
+
+    The UPDATE that bumps `next_seq` takes the session row's write lock first,
+    so concurrent writers queue behind it and seqs stay contiguous.
+    """
+    data = data or {}
+    if settings.CHAT_REDACT_PII:
+        content, data = redact(content), redact(data)
+    now = timezone.now()
+    changes: dict[str, Any] = {"next_seq": F("next_seq") + 1, "last_activity_at": now}
+    if type == EventType.USER_MESSAGE:
+        # A message on a session that was ended (by the stale sweep) reopens it,
+        # so it is summarized again, with this message, when it closes.
+        changes.update(status=SessionStatus.ACTIVE, ended_at=None, duration_seconds=None)
+    for field, step in _COUNTERS.get(type, {}).items():
+        changes[field] = F(field) + step
+    usage = data.get("usage") or {}
+    for field in ("prompt_tokens", "completion_tokens"):
+        if usage.get(field):
+            changes[field] = F(field) + int(usage[field])
+    if not ChatSession.objects.filter(pk=session_id).update(**changes):
+        raise ChatSession.DoesNotExist(str(session_id))
+    seq = ChatSession.objects.filter(pk=session_id).values_list("next_seq", flat=True).get() - 1
+    return Event.objects.create(session_id=session_id, seq=seq, type=type, content=content, data=data, created_at=now)
+
+
+@transaction.atomic
+def session_leave(*, session_id: UUID) -> bool:
+    """Count one socket gone; end the session when it was the last. Return whether it ended."""
+    remaining = (
+        ChatSession.objects.filter(pk=session_id).select_for_update().values_list("open_connections", flat=True).first()
+    )
+    if remaining is None:
+        return False
+    ChatSession.objects.filter(pk=session_id).update(open_connections=Greatest(F("open_connections") - 1, 0))
+    if remaining > 1:
+        return False
+    return session_end(session_id=session_id)
+
+
+def session_touch(*, session_id: UUID) -> None:
+    """Note that the session is alive (a ping), so the idle sweep leaves it open."""
+    ChatSession.objects.filter(pk=session_id).update(last_activity_at=timezone.now())
+
+
+RETENTION_BATCH = 500
+
+
+def sessions_delete_expired(*, days: int) -> int:
+    """Delete sessions with no activity for `days` days, with their events and summaries; 0 keeps all.
+
+    In batches, so a large backlog does not become one huge transaction.
+    """
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    deleted = 0
+    while batch := list(
+        ChatSession.objects.filter(last_activity_at__lt=cutoff).values_list("id", flat=True)[:RETENTION_BATCH]
+    ):
+        ChatSession.objects.filter(pk__in=batch).delete()
+        deleted += len(batch)
+    return deleted
+
+
+def context_summary_save(*, session_id: UUID, text: str, through_seq: int) -> None:
+    """Keep the rolling summary of the session's earlier turns, unless a newer one is stored."""
+    ChatSession.objects.filter(pk=session_id, context_summary_seq__lt=through_seq).update(
+        context_summary=text, context_summary_seq=through_seq
+    )
+
+
+def turn_claim(*, session_id: UUID, stale_after: timedelta) -> bool:
+    """Mark a turn as running on the session; return False when one already is.
+
+    A claim older than `stale_after` is taken over: its process died mid-turn.
+    """
+    now = timezone.now()
+    free = Q(turn_started_at__isnull=True) | Q(turn_started_at__lt=now - stale_after)
+    return ChatSession.objects.filter(free, pk=session_id).update(turn_started_at=now) == 1
+
+
+def turn_release(*, session_id: UUID) -> None:
+    """Mark the session's turn as over."""
+    ChatSession.objects.filter(pk=session_id).update(turn_started_at=None)
+
+
+@transaction.atomic
+def session_end(*, session_id: UUID) -> bool:
+    """End the session and queue its summary once the transaction commits.
+
+    Return False when it was already ended. A session with no messages gets no summary.
+    """
+    session = ChatSession.objects.select_for_update().filter(pk=session_id).first()
+    if session is None or session.status == SessionStatus.ENDED:
+        return False
+    now = timezone.now()
+    session.status = SessionStatus.ENDED
+    session.ended_at = now
+    session.duration_seconds = round((now - session.started_at).total_seconds(), 3)
+    session.save(update_fields=["status", "ended_at", "duration_seconds"])
+    if session.message_count:
+        summary_queue(session_id=session_id)
+    return True
+
+
+def summary_queue(*, session_id: UUID) -> None:
+    """Queue the session's summary once the transaction commits.
+
+    `robust`: a broker that is down is logged, not raised into the caller
+    (the session has ended either way); beat's sweep queues it again later.
+    """
+    from .tasks import session_summarize, task_send
+
+    def session_summarize_send() -> None:
+        task_send(session_summarize, str(session_id))
+
+    # A named function, not a partial: Django logs a robust hook's __qualname__.
+    transaction.on_commit(session_summarize_send, robust=True)
+
+
+def sessions_end_idle(*, idle: timedelta) -> int:
+    """End every active session with no activity for `idle` (its socket never closed cleanly)."""
+    cutoff = timezone.now() - idle
+    stale = ChatSession.objects.filter(status=SessionStatus.ACTIVE, last_activity_at__lt=cutoff)
+    return sum(session_end(session_id=session_id) for session_id in stale.values_list("id", flat=True))
+
+
+SUMMARIES_REQUEUE_BATCH = 500
+
+
+def summaries_requeue_missing(*, grace: timedelta) -> int:
+    """Queue again the summaries that never arrived (the broker was down, the task was lost).
+
+    Only sessions ended more than `grace` ago, so a task still on its way is
+    not doubled; a failed summary is left for staff to re-run.
+    """
+    cutoff = timezone.now() - grace
+    missing = (
+        ChatSession.objects.filter(status=SessionStatus.ENDED, message_count__gt=0, ended_at__lt=cutoff)
+        .filter(
+            Q(summary__isnull=True)
+            | Q(summary__status=SummaryStatus.PENDING, summary__updated_at__lt=cutoff)
+            | Q(summary__status=SummaryStatus.DONE, summary__covers_seq__lt=F("next_seq") - 1)
+        )
+        .values_list("id", flat=True)[:SUMMARIES_REQUEUE_BATCH]
+    )
+    session_ids = list(missing)
+    with transaction.atomic():
+        for session_id in session_ids:
+            summary_queue(session_id=session_id)
+    return len(session_ids)
+
+
+@dataclass(frozen=True)
+class SummaryFields:
+    title: str
+    text: str
+    key_topics: list[str]
+    action_items: list[str]
+    sentiment: str
+    model: str
+
+
+@transaction.atomic
+def summary_claim(*, session_id: UUID) -> int | None:
+    """Return the last seq the summary must cover, or None when nothing needs writing.
+
+    Nothing needs writing when the session is gone, still open (it will be
+    summarized when it ends again), or already summarized up to its last event.
+    """
+    session = ChatSession.objects.select_for_update().filter(pk=session_id).first()
+    if session is None or session.status != SessionStatus.ENDED:
+        return None
+    last_seq = session.next_seq - 1
+    summary, _ = Summary.objects.get_or_create(session=session)
+    if summary.status == SummaryStatus.DONE and summary.covers_seq >= last_seq:
+        return None
+    summary.attempts = F("attempts") + 1
+    summary.save(update_fields=["attempts", "updated_at"])
+    return last_seq
+
+
+@transaction.atomic
+def summary_save(*, session_id: UUID, covers_seq: int, fields: SummaryFields) -> bool:
+    """Store the written summary unless a racing writer already covered as much; return whether it was stored."""
+    summary = Summary.objects.select_for_update().filter(session_id=session_id).first()
+    if summary is None:
+        return False  # the session was deleted (retention) while its summary was being written
+    if summary.status == SummaryStatus.DONE and summary.covers_seq >= covers_seq:
+        return False
+    summary.status = SummaryStatus.DONE
+    summary.covers_seq = covers_seq
+    summary.error = ""
+    for name in ("title", "text", "key_topics", "action_items", "sentiment", "model"):
+        setattr(summary, name, getattr(fields, name))
+    summary.save()
+    ChatSession.objects.filter(pk=session_id).update(title=fields.title[:200])
+    return True
+
+
+def summaries_rerun(*, session_ids: list[UUID]) -> int:
+    """Queue the summaries of the ended sessions among these to be written again; return how many."""
+    ended = list(
+        ChatSession.objects.filter(pk__in=session_ids, status=SessionStatus.ENDED, message_count__gt=0).values_list(
+            "id", flat=True
+        )
+    )
+    with transaction.atomic():
+        for session_id in ended:
+            summary, _ = Summary.objects.get_or_create(session_id=session_id)
+            # No longer "done": the task's claim then writes it again (one row, whatever races).
+            Summary.objects.filter(pk=summary.pk).update(status=SummaryStatus.PENDING, error="")
+            summary_queue(session_id=session_id)
+    return len(ended)
+
+
+def summary_mark_failed(*, session_id: UUID, error: str) -> None:
+    """Mark the summary failed with its reason, unless a good one exists already."""
+    Summary.objects.filter(session_id=session_id).exclude(status=SummaryStatus.DONE).update(
+        status=SummaryStatus.FAILED, error=error[:2000], updated_at=timezone.now()
+    )

@@ -1,0 +1,91 @@
+"""Celery tasks of the audit trail. Each takes ids, re-fetches, and calls one service."""
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.db import connections
+from django.utils import timezone
+
+from chat.llm import LLMError
+
+from . import services
+from .models import ReportKind
+from .reports import report_build
+from .summaries import SummaryInvalid, summary_generate
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_MAX_RETRIES = 5
+
+
+@shared_task(bind=True, acks_late=True, max_retries=SUMMARY_MAX_RETRIES)
+def session_summarize(self, session_id: str) -> bool:
+    """Write the session's summary; retry with backoff when the model fails, then mark it failed."""
+    try:
+        return summary_generate(session_id=session_id)
+    except (LLMError, SummaryInvalid) as exc:
+        if self.request.retries >= self.max_retries:
+            logger.warning("summary of session %s failed for good: %s", session_id, exc)
+            services.summary_mark_failed(session_id=session_id, error=str(exc))
+            return False
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
+
+
+@shared_task
+def report_daily() -> int:
+    """Build the report of the previous day (UTC); return its id."""
+    today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    return report_build(start=today - timedelta(days=1), end=today, kind=ReportKind.DAILY).pk
+
+
+@shared_task
+def sessions_delete_expired() -> int:
+    """Delete the sessions older than CHAT_RETENTION_DAYS (0 keeps everything)."""
+    return services.sessions_delete_expired(days=settings.CHAT_RETENTION_DAYS)
+
+
+SUMMARY_GRACE = timedelta(minutes=5)
+
+
+@shared_task
+def sessions_sweep() -> dict[str, int]:
+    """End sessions idle past CHAT_SESSION_IDLE_MINUTES (a crash left them open); queue summaries that never came."""
+    ended = services.sessions_end_idle(idle=timedelta(minutes=settings.CHAT_SESSION_IDLE_MINUTES))
+    requeued = services.summaries_requeue_missing(grace=SUMMARY_GRACE)
+    return {"ended": ended, "summaries_requeued": requeued}
+
+
+class LocalTasks:
+    """Run tasks in this process when there is no broker (the embedded default).
+
+    One thread of their own, one task at a time: a summary waiting on the
+    model must not hold the thread that every socket's database calls share.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tasks-in-process")
+
+    def submit(self, task, args: list) -> Future:
+        """Queue the task to run on the task thread."""
+        return self._executor.submit(self._run, task, args)
+
+    @staticmethod
+    def _run(task, args: list) -> None:
+        try:
+            task.apply(args=args)
+        finally:
+            connections.close_all()
+
+
+local_tasks = LocalTasks()
+
+
+def task_send(task, *args) -> None:
+    """Send the task to the broker; without one, run it on the in-process task thread."""
+    if task.app.conf.task_always_eager:
+        local_tasks.submit(task, list(args))
+    else:
+        task.delay(*args)

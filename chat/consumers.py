@@ -1,0 +1,226 @@
+"""The WebSocket consumer: transport only. Authenticate, decode, check, hand over, send."""
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import services
+from .protocol import FrameError, frame_parse
+from .ratelimit import MessageRateLimit
+from .turns import CLIENT_GONE, STOP, Turn
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SERVER_ERROR = 1011
+
+session_join = database_sync_to_async(services.session_join)
+session_leave = database_sync_to_async(services.session_leave)
+session_touch = database_sync_to_async(services.session_touch)
+turn_claim = database_sync_to_async(services.turn_claim)
+
+# A ping marks the session alive at most this often (seconds).
+TOUCH_EVERY_SECONDS = 60.0
+
+# Staff watching a session renew their lease this often; a socket copies its
+# frames to the watchers only while a lease is live, so an unwatched reply
+# costs no channel-layer traffic per token.
+WATCH_RENEW_SECONDS = 20.0
+WATCH_LEASE_SECONDS = 60.0
+
+
+def session_group(session_id: UUID) -> str:
+    """The group of a session's chat sockets (they hear watch requests there)."""
+    return f"session.{session_id}"
+
+
+def watch_group(session_id: UUID) -> str:
+    """The group of the staff watching a session."""
+    return f"session-watch.{session_id}"
+
+
+class SessionConsumer(AsyncWebsocketConsumer):
+    """One chat session over one socket: `/ws/session/<uuid>/`."""
+
+    session_id: UUID | None = None
+    turn: Turn | None = None
+    touched_at: float = 0.0
+    watched_until: float = 0.0
+
+    async def connect(self) -> None:
+        """Check the caller, open or resume the session, send the `session` frame."""
+        user = self.scope.get("user")
+        authenticated = bool(user and user.is_authenticated)
+        if not authenticated and not settings.CHAT_ALLOW_ANONYMOUS:
+            await self.accept()
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
+        try:
+            anon_key = "" if authenticated else await self._anonymous_key()
+            frame = await session_join(
+                session_id=session_id, user_id=user.pk if authenticated else None, anon_key=anon_key
+            )
+        except services.SessionForbidden:
+            await self.accept()
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        except Exception:
+            # The database is down, most likely: say so, and close as a server error.
+            logger.exception("could not open session %s", session_id)
+            await self.accept()
+            await self.error("internal", "The chat is unavailable right now; try again shortly.")
+            await self.close(code=CLOSE_SERVER_ERROR)
+            return
+        self.session_id = session_id
+        self.rate_limit = MessageRateLimit(
+            limit=settings.CHAT_RATE_LIMIT_MESSAGES, window=settings.CHAT_RATE_LIMIT_WINDOW_SECONDS
+        )
+        await self.channel_layer.group_add(session_group(session_id), self.channel_name)
+        await self.accept()
+        await self.emit(frame)
+        # Staff already watching learn of this socket at their next renewal.
+
+    async def _anonymous_key(self) -> str:
+        """Return the visitor's Django session key.
+
+        A client without a session cookie gets a new Django session, so it is
+        a new visitor on every connection and cannot resume (daphne sends no
+        headers with the handshake's answer, so no cookie can be set here).
+        """
+        session = self.scope["session"]
+        if not session.session_key:
+            await database_sync_to_async(session.save)()
+        return session.session_key
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one client frame; bad input gets an error frame and the socket stays open."""
+        try:
+            frame = frame_parse(text=text_data, binary=bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
+        except FrameError as exc:
+            await self.error(exc.code, exc.message)
+            return
+        if frame.kind == "ping":
+            await self.emit({"type": "pong"})
+            await self._touch()
+        elif frame.kind == "stop":
+            if self.turn is not None:
+                self.turn.cancel(STOP)
+        else:
+            await self._message(frame.content)
+
+    async def _touch(self) -> None:
+        """Mark the session alive, so beat's idle sweep does not end a connected session."""
+        now = time.monotonic()
+        if now - self.touched_at < TOUCH_EVERY_SECONDS:
+            return
+        self.touched_at = now
+        try:
+            await session_touch(session_id=self.session_id)
+        except Exception:
+            logger.exception("could not mark session %s alive", self.session_id)
+
+    async def _message(self, content: str) -> None:
+        """Start a turn, unless one is running or the rate limit says no."""
+        if self.turn is not None and self.turn.running():
+            await self.error("busy", "A reply is still being generated; wait for it or send stop.")
+            return
+        if not self.rate_limit.allow():
+            await self.error("rate_limited", f"Too many messages; try again in {self.rate_limit.retry_after():g} s.")
+            return
+        try:
+            claimed = await turn_claim(session_id=self.session_id)
+        except Exception:
+            logger.exception("could not claim a turn on session %s", self.session_id)
+            await self.error("internal", "The message could not be accepted; try again.")
+            return
+        if not claimed:
+            await self.error("busy", "A reply is being generated for this session in another window.")
+            return
+        await self.watchers_send({"type": "user_message", "content": content})
+        self.turn = Turn(session_id=self.session_id, content=content, emit=self.emit)
+
+    async def disconnect(self, code: int) -> None:
+        """Stop the reply (keeping what was produced), then leave the session."""
+        if self.session_id is None:
+            return
+        await self.channel_layer.group_discard(session_group(self.session_id), self.channel_name)
+        if self.turn is not None:
+            self.turn.cancel(CLIENT_GONE)
+            await self.turn.wait()
+        try:
+            await session_leave(session_id=self.session_id)
+        except Exception:
+            logger.exception("could not end session %s", self.session_id)
+
+    async def emit(self, frame: dict[str, Any]) -> None:
+        """Send a frame (and copy it to staff watching); a client already gone is not an error."""
+        try:
+            await self.send(text_data=json.dumps(frame, default=str))
+        except Exception:
+            logger.debug("could not send a %s frame to session %s", frame.get("type"), self.session_id)
+        await self.watchers_send(frame)
+
+    async def watchers_send(self, frame: dict[str, Any]) -> None:
+        """Copy a frame to the staff watching this session, if any watch now."""
+        if self.watched_until < time.monotonic() or frame.get("type") in ("session", "pong"):
+            return
+        try:
+            await self.channel_layer.group_send(watch_group(self.session_id), {"type": "watch.frame", "frame": frame})
+        except Exception:
+            # Watching is a convenience: it never breaks the chat.
+            logger.warning("could not copy a frame to the watchers of session %s", self.session_id, exc_info=True)
+
+    async def watch_start(self, event: dict[str, Any]) -> None:
+        """A staff member watches (or still watches) this session: copy frames for a while."""
+        self.watched_until = time.monotonic() + WATCH_LEASE_SECONDS
+
+    async def error(self, code: str, message: str) -> None:
+        """Send an error frame."""
+        await self.emit({"type": "error", "code": code, "message": message})
+
+
+class SessionWatchConsumer(AsyncWebsocketConsumer):
+    """Staff watch a session's replies live: `/ws/admin/sessions/<uuid>/watch/`, read-only."""
+
+    session_id: UUID | None = None
+    renewing: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        """Let staff in, join the session's watch group, and ask its sockets to copy their frames."""
+        user = self.scope.get("user")
+        await self.accept()
+        if not (user and user.is_authenticated and user.is_staff):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
+        await self.channel_layer.group_add(watch_group(self.session_id), self.channel_name)
+        self.renewing = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        """Renew the watch lease with the session's sockets, now and every WATCH_RENEW_SECONDS."""
+        while True:
+            await self.channel_layer.group_send(session_group(self.session_id), {"type": "watch.start"})
+            await asyncio.sleep(WATCH_RENEW_SECONDS)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Watching is read-only: anything sent is ignored."""
+
+    async def watch_frame(self, event: dict[str, Any]) -> None:
+        """Pass a frame of the watched session on to the staff member's browser."""
+        await self.send(text_data=json.dumps(event["frame"], default=str))
+
+    async def disconnect(self, code: int) -> None:
+        """Stop renewing and leave the watch group (the lease then runs out by itself)."""
+        if self.renewing is not None:
+            self.renewing.cancel()
+        if self.session_id is not None:
+            await self.channel_layer.group_discard(watch_group(self.session_id), self.channel_name)

@@ -1,0 +1,68 @@
+"""`/healthz`: can this process serve chats? Database, channel layer, broker, model mode."""
+
+import asyncio
+import uuid
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+from llmbacker.celery import app as celery_app
+
+from .llm import chat_model_get
+
+CHECK_TIMEOUT_SECONDS = 3.0
+
+
+def _database_check() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _broker_check() -> None:
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_SECONDS)
+
+
+async def _channel_layer_check() -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel(prefix="healthz")
+    token = uuid.uuid4().hex
+    await layer.send(channel, {"type": "healthz.ping", "token": token})
+    message = await layer.receive(channel)
+    if message.get("token") != token:
+        raise RuntimeError("the layer returned another message")
+
+
+async def _outcome(check) -> str:
+    try:
+        await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # a health check reports every failure, whatever it is
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Report each dependency; 200 when all are usable, 503 otherwise."""
+    model = chat_model_get()
+    database = await _outcome(sync_to_async(_database_check))
+    layer = await _outcome(_channel_layer_check)
+    if celery_app.conf.task_always_eager:
+        broker = "in-process"
+    else:
+        broker = await _outcome(sync_to_async(_broker_check, thread_sensitive=False))
+    healthy = database == "ok" and layer == "ok" and broker in ("ok", "in-process")
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "database": database,
+        "channel_layer": layer,
+        "channel_layer_backend": settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1],
+        "broker": broker,
+        "llm_mode": model.mode,
+        "model": model.model,
+    }
+    if model.mode == "offline":
+        body["notice"] = "Offline demo model: replies are canned. Set GROQ_API_KEY to use Groq."
+    return JsonResponse(body, status=200 if healthy else 503)

@@ -1,0 +1,225 @@
+"""Groq through the official SDK: the only module that imports `groq`."""
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import groq
+import httpx
+
+from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
+
+
+@dataclass
+class _PendingCall:
+    call_id: str
+    name: str
+    arguments: str
+
+
+class ToolCallMerger:
+    """Rebuild whole tool calls from streamed deltas.
+
+    Deltas are merged by `index`; a new `id` at an index already in use starts
+    a new call. This covers Groq's usual shape (each call whole in one delta),
+    several calls in one delta, and arguments split across deltas.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[_PendingCall] = []
+        self._by_index: dict[int, _PendingCall] = {}
+
+    def add(self, delta: Any) -> None:
+        """Fold one `delta.tool_calls` entry into the calls."""
+        function = delta.function
+        current = self._by_index.get(delta.index)
+        if current is None or (delta.id and current.call_id and delta.id != current.call_id):
+            current = _PendingCall(call_id=delta.id or "", name="", arguments="")
+            self._calls.append(current)
+            self._by_index[delta.index] = current
+        elif delta.id and not current.call_id:
+            current.call_id = delta.id
+        if function is not None:
+            if function.name and not current.name:
+                current.name = function.name
+            if function.arguments:
+                current.arguments += function.arguments
+
+    def calls(self) -> list[ToolCall]:
+        """Return the merged calls in the order they started."""
+        return [
+            ToolCall(call_id=call.call_id or f"call_{n}", name=call.name, arguments=call.arguments or "{}")
+            for n, call in enumerate(self._calls)
+        ]
+
+
+def _usage_from(raw: Any) -> Usage:
+    timings = {
+        name: float(value)
+        for name in ("queue_time", "prompt_time", "completion_time", "total_time")
+        if (value := getattr(raw, name, None)) is not None
+    }
+    return Usage(prompt_tokens=raw.prompt_tokens or 0, completion_tokens=raw.completion_tokens or 0, timings=timings)
+
+
+def _error_from(exc: Exception) -> LLMError:
+    """Map an SDK or transport failure to the error code the client sees."""
+    if isinstance(exc, groq.RateLimitError):
+        retry_after = None
+        header = exc.response.headers.get("retry-after")
+        try:
+            retry_after = float(header) if header else None
+        except ValueError:
+            retry_after = None
+        return LLMError("llm_rate_limited", "The model is rate limited; try again shortly.", retry_after=retry_after)
+    if isinstance(exc, groq.APIStatusError):
+        return LLMError("llm_unavailable", f"The model service answered {exc.status_code}.")
+    if isinstance(exc, groq.APITimeoutError | httpx.TimeoutException):
+        return LLMError("llm_unavailable", "The model service timed out.")
+    return LLMError("llm_unavailable", "The model service failed mid-reply." if str(exc) else "The model failed.")
+
+
+# Building a client costs ~20 ms of CPU (its SSL context), which would stall
+# every socket of the process on each turn: keep one per event loop and
+# settings. Clients hold connections bound to their loop, hence the key.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, groq.AsyncGroq]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class GroqChatModel:
+    """Stream chat completions from Groq (or any server speaking its API)."""
+
+    mode = "groq"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        model: str,
+        max_retries: int,
+        timeout: float,
+        connect_timeout: float,
+        max_connections: int = 1000,
+        first_token_timeout: float = 30.0,
+        token_timeout: float = 30.0,
+        fast_model: str | None = None,
+    ) -> None:
+        self.model = model
+        self.fast_model = fast_model or model
+        self.first_token_timeout = first_token_timeout
+        self.token_timeout = token_timeout
+        self._options = (api_key, base_url, max_retries, timeout, connect_timeout, max_connections)
+
+    def _client_new(self) -> groq.AsyncGroq:
+        api_key, base_url, max_retries, timeout, connect_timeout, max_connections = self._options
+        return groq.AsyncGroq(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            # The shared client's pool bounds the replies streaming at once in
+            # this process (the SDK's default is 100).
+            http_client=groq.DefaultAsyncHttpxClient(
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=100)
+            ),
+        )
+
+    def _client_shared(self) -> groq.AsyncGroq:
+        """Return this loop's client for these settings, made once."""
+        per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+        if self._options not in per_loop:
+            per_loop[self._options] = self._client_new()
+        return per_loop[self._options]
+
+    async def stream(
+        self,
+        *,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        """Yield text deltas as they arrive, then the merged tool calls, usage and finish.
+
+        Closing this generator (or cancelling the task iterating it) leaves the
+        `async with` blocks, which closes the upstream HTTP stream at once.
+        """
+        merger = ToolCallMerger()
+        usage = Usage()
+        finish_reason: str | None = None
+        request_id: str | None = None
+        options: dict[str, Any] = {"model": model or self.model, "messages": messages, "stream": True}
+        if tools:
+            options["tools"] = tools
+        if temperature is not None:
+            options["temperature"] = temperature
+        if max_tokens is not None:
+            options["max_tokens"] = max_tokens
+        client = self._client_shared()
+        loop = asyncio.get_running_loop()
+        try:
+            first_deadline = loop.time() + self.first_token_timeout
+            try:
+                # The first-token budget also covers the wait for the answer to start.
+                async with asyncio.timeout_at(first_deadline):
+                    stream = await client.chat.completions.create(**options)
+            except TimeoutError:
+                raise LLMError("llm_unavailable", "The model service took too long to send the first token.") from None
+            async with stream:
+                chunks = aiter(stream)
+                answered = False
+                while True:
+                    # Until the first text or tool call: what is left of the first-token
+                    # budget (from the request); after it: the gap allowed between chunks.
+                    wait = self.token_timeout if answered else max(0.0, first_deadline - loop.time())
+                    try:
+                        async with asyncio.timeout(wait):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        what = "the next token" if answered else "the first token"
+                        raise LLMError("llm_unavailable", f"The model service took too long to send {what}.") from None
+                    if chunk.x_groq is not None:
+                        request_id = chunk.x_groq.id or request_id
+                        if chunk.x_groq.usage is not None:
+                            usage = _usage_from(chunk.x_groq.usage)
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta.content:
+                        answered = True
+                        yield TextDelta(choice.delta.content)
+                    for delta in choice.delta.tool_calls or ():
+                        answered = True
+                        merger.add(delta)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+        except (groq.APIError, httpx.HTTPError) as exc:
+            raise _error_from(exc) from exc
+        for call in merger.calls():
+            yield call
+        yield usage
+        yield Finish(reason=finish_reason, request_id=request_id)
+
+    async def complete_json(self, *, messages: list[dict[str, Any]], model: str | None = None) -> str:
+        """Return one whole reply, asked for in JSON mode."""
+        try:
+            completion = await self._client_shared().chat.completions.create(
+                model=model or self.model,
+                messages=messages,
+                response_format={"type": "json_object"},
+                temperature=0.2,
+            )
+        except (groq.APIError, httpx.HTTPError) as exc:
+            raise _error_from(exc) from exc
+        # A body that is not a completion (a proxy's page, say) comes back from the SDK as a string.
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise LLMError("llm_unavailable", "The model returned no answer.")
+        return choices[0].message.content or ""

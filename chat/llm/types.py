@@ -1,0 +1,75 @@
+"""Plain values the model layer yields, so no other code knows an SDK's shapes."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of reply text, as soon as it arrives."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete tool call the model asked for; `arguments` is the raw JSON text."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage and the provider's timings for one model call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The end of one model call."""
+
+    reason: str | None
+    request_id: str | None = None
+
+
+StreamItem = TextDelta | ToolCall | Usage | Finish
+
+
+class LLMError(Exception):
+    """A model call failed; `code` is the error code sent to the client."""
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ChatModel(Protocol):
+    """What the chat and the summaries need from a model."""
+
+    mode: str
+    model: str
+    fast_model: str
+
+    def stream(
+        self,
+        *,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        """Yield the reply as it is produced: text deltas, then tool calls, usage and finish."""
+        ...
+
+    async def complete_json(self, *, messages: list[dict[str, Any]], model: str | None = None) -> str:
+        """Return the whole reply to `messages`, asked for as one JSON object."""
+        ...

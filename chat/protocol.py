@@ -1,0 +1,55 @@
+"""Decode and check client frames; bad input becomes a `FrameError` with its error code."""
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+FrameKind = Literal["message", "stop", "ping"]
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    """A valid frame from the client."""
+
+    kind: FrameKind
+    content: str = ""
+
+
+class FrameError(Exception):
+    """A frame the server refuses; `code` is the error code sent back."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def frame_parse(*, text: str | None, binary: bytes | None, max_chars: int) -> ClientFrame:
+    """Return the client frame, or raise FrameError saying what is wrong with it."""
+    if text is None:
+        raise FrameError("invalid_message", "Binary frames are not supported; send JSON text frames.")
+    # A JSON string escapes a character in at most 6 characters (\\uXXXX):
+    # anything longer than that cannot hold an allowed message.
+    if len(text) > max_chars * 6 + 1024:
+        raise FrameError("message_too_large", f"Messages are limited to {max_chars} characters.")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        raise FrameError("invalid_json", "The frame is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise FrameError("invalid_message", "A frame must be a JSON object with a 'type'.")
+    kind = payload.get("type")
+    if kind is None and "message" in payload:
+        # The shape older clients send: {"message": "..."}.
+        kind, content = "message", payload["message"]
+    else:
+        content = payload.get("content")
+    if kind in ("stop", "ping"):
+        return ClientFrame(kind=kind)
+    if kind != "message":
+        raise FrameError("invalid_message", "Unknown frame type; expected 'message', 'stop' or 'ping'.")
+    if not isinstance(content, str) or not content.strip():
+        raise FrameError("invalid_message", "A message needs a non-empty string 'content'.")
+    if len(content) > max_chars:
+        raise FrameError("message_too_large", f"Messages are limited to {max_chars} characters.")
+    return ClientFrame(kind="message", content=content)

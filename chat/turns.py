@@ -1,0 +1,363 @@
+"""One chat turn: record the user's message, stream the reply through tool rounds, record it.
+
+The consumer starts a `Turn` (its own task) and cancels it with a reason,
+`turn.cancel(STOP)` or `turn.cancel(CLIENT_GONE)`; the reason is kept on the
+Turn, since a cancel landing in a database call loses the CancelledError's
+message. The reply produced so far is recorded either way, and the turn always
+ends with one `done` frame while the client is there to receive it.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from audit import selectors
+from audit import services as audit_services
+from audit.models import EventType
+
+from .context import last_turn_used_tools, messages_build, tokens_estimate, window_cut
+from .llm import LLMError, TextDelta, ToolCall, Usage, chat_model_get
+from .llm.types import ChatModel, Finish
+from .memory import earlier_extend
+from .strategy import strategy_choose
+from .tools import ToolContext, tool_run, tools_enabled
+from .tools.registry import ToolOutcome, arguments_parse
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+STOP = "stop"
+CLIENT_GONE = "client_gone"
+
+# A finish_reason that cut the reply short: the error frame (code, message) that says so.
+CUT_SHORT = {
+    "length": ("llm_length", "The reply reached the length limit and was cut off."),
+    "content_filter": ("llm_content_filter", "The reply was stopped by the model's content filter."),
+}
+
+event_record = database_sync_to_async(audit_services.event_record)
+turn_release = database_sync_to_async(audit_services.turn_release)
+session_events = database_sync_to_async(selectors.session_events)
+session_turn_state = database_sync_to_async(selectors.session_turn_state)
+context_summary_save = database_sync_to_async(audit_services.context_summary_save)
+
+
+@dataclass
+class Reply:
+    """What the turn has produced so far."""
+
+    started: float = field(default_factory=time.monotonic)
+    parts: list[str] = field(default_factory=list)
+    ttft_ms: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rounds: int = 0
+    finish_reason: str | None = None
+    request_ids: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    strategy: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    tools_offered: list[str] = field(default_factory=list)
+    ignored_tool_calls: list[str] = field(default_factory=list)
+
+    def add_text(self, text: str) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = self.elapsed_ms()
+        self.parts.append(text)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        for name, value in usage.timings.items():
+            self.timings[name] = round(self.timings.get(name, 0.0) + value, 6)
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+def _tool_call_frame(call: ToolCall) -> dict[str, Any]:
+    arguments = arguments_parse(call.arguments)
+    return {
+        "type": "tool_call",
+        "call_id": call.call_id,
+        "name": call.name,
+        "arguments": arguments if arguments is not None else {"_raw": call.arguments},
+    }
+
+
+def _tool_result_frame(call: ToolCall, outcome: ToolOutcome) -> dict[str, Any]:
+    return {
+        "type": "tool_result",
+        "call_id": call.call_id,
+        "name": call.name,
+        "ok": outcome.ok,
+        "result": outcome.result,
+    }
+
+
+async def _tools_round(
+    *,
+    context: ToolContext,
+    calls: list[ToolCall],
+    round_text: str,
+    messages: list[dict[str, Any]],
+    emit: Emit,
+) -> None:
+    """Announce and record the round's calls, run them concurrently, send and record the results in call order."""
+    messages.append(
+        {
+            "role": "assistant",
+            "content": round_text or None,
+            "tool_calls": [
+                {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in calls
+            ],
+        }
+    )
+    for call in calls:
+        frame = _tool_call_frame(call)
+        await emit(frame)
+        await event_record(
+            session_id=context.session_id,
+            type=EventType.TOOL_CALL,
+            content=call.name,
+            data={"call_id": call.call_id, "name": call.name, "arguments": frame["arguments"]},
+        )
+    outcomes = await asyncio.gather(*(tool_run(name=c.name, arguments=c.arguments, context=context) for c in calls))
+    for call, outcome in zip(calls, outcomes, strict=True):
+        await emit(_tool_result_frame(call, outcome))
+        await event_record(
+            session_id=context.session_id,
+            type=EventType.TOOL_RESULT,
+            content=call.name,
+            data={
+                "call_id": call.call_id,
+                "name": call.name,
+                "ok": outcome.ok,
+                "result": outcome.result,
+                "duration_ms": outcome.duration_ms,
+            },
+        )
+        messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
+
+
+def _budget(model_name: str) -> int:
+    return settings.CHAT_CONTEXT_BUDGETS.get(model_name, settings.CHAT_CONTEXT_BUDGET_TOKENS)
+
+
+async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: Reply, emit: Emit) -> None:
+    """Stream model rounds until the model answers in text (or the round cap forces it to)."""
+    state = await session_turn_state(session_id=session_id)
+    context = ToolContext(session_id=session_id, user_id=state.user_id, anon_key=state.anon_key)
+    # Only the events the rolling summary does not cover yet are read.
+    events = await session_events(session_id=session_id, after_seq=state.context_summary_seq)
+    earlier = state.context_summary
+    uncut = messages_build(events=events, system_prompt=settings.CHAT_SYSTEM_PROMPT, earlier=earlier)
+    strategy = strategy_choose(
+        content=content,
+        history_tokens=tokens_estimate(uncut),
+        budget_tokens=_budget(model.model),
+        last_turn_used_tools=last_turn_used_tools(events),
+        main_model=model.model,
+        fast_model=model.fast_model,
+        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+    )
+    reply.strategy = strategy.record()
+    # The history is fitted to the budget of the model the strategy chose.
+    budget = _budget(strategy.model)
+    dropped, events = window_cut(events=events, system_prompt=strategy.system_prompt, earlier=earlier, budget=budget)
+    if dropped:
+        earlier = await earlier_extend(model=model, earlier=earlier, dropped=dropped)
+        await context_summary_save(session_id=session_id, text=earlier, through_seq=dropped[-1].seq)
+    messages = messages_build(events=events, system_prompt=strategy.system_prompt, earlier=earlier)
+    reply.context = {
+        "budget_tokens": budget,
+        "history_tokens": tokens_estimate(messages),
+        "dropped_events": len(dropped),
+        "summary_through_seq": dropped[-1].seq if dropped else state.context_summary_seq,
+    }
+    offered_tools = tools_enabled() if strategy.tools else []
+    reply.tools_offered = [entry.name for entry in offered_tools]
+    schemas = [entry.schema() for entry in offered_tools]
+    max_rounds = settings.CHAT_MAX_TOOL_ROUNDS
+    for round_number in range(max_rounds + 1):
+        # The last round, or one whose tool results filled the budget, offers no
+        # tools, which forces an answer in text.
+        room = tokens_estimate(messages) <= budget
+        offered = schemas if round_number < max_rounds and room else []
+        reply.rounds += 1
+        calls: list[ToolCall] = []
+        round_parts: list[str] = []
+        stream = model.stream(
+            messages=messages,
+            tools=offered,
+            model=strategy.model,
+            temperature=strategy.temperature,
+            max_tokens=strategy.max_tokens,
+        )
+        async for item in stream:
+            if isinstance(item, TextDelta):
+                reply.add_text(item.text)
+                round_parts.append(item.text)
+                await emit({"type": "token", "content": item.text})
+            elif isinstance(item, ToolCall):
+                calls.append(item)
+            elif isinstance(item, Usage):
+                reply.add_usage(item)
+            elif isinstance(item, Finish):
+                reply.finish_reason = item.reason
+                if item.request_id:
+                    reply.request_ids.append(item.request_id)
+        if not calls:
+            return
+        if not offered:
+            # Tool calls where no tools were offered are not run.
+            reply.ignored_tool_calls = [call.name for call in calls]
+            if not round_parts:
+                raise LLMError("llm_no_answer", "The model kept asking for tools instead of answering; try rephrasing.")
+            return
+        await _tools_round(context=context, calls=calls, round_text="".join(round_parts), messages=messages, emit=emit)
+
+
+async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, outcome: dict[str, Any]) -> None:
+    """Record the assistant's reply once for the turn, with its figures and how it ended."""
+    await event_record(
+        session_id=session_id,
+        type=EventType.ASSISTANT_MESSAGE,
+        content="".join(reply.parts),
+        data={
+            "model": reply.strategy.get("model", model.model),
+            "llm_mode": model.mode,
+            "strategy": reply.strategy,
+            "context": reply.context,
+            "usage": reply.usage(),
+            "ttft_ms": reply.ttft_ms,
+            "duration_ms": reply.elapsed_ms(),
+            "rounds": reply.rounds,
+            "finish_reason": reply.finish_reason,
+            "request_ids": reply.request_ids,
+            "timings": reply.timings,
+            "tools_offered": reply.tools_offered,
+            "ignored_tool_calls": reply.ignored_tool_calls,
+            **outcome,
+        },
+    )
+
+
+class Turn:
+    """A running turn: its task, and cancellation that is refused once the turn is finishing."""
+
+    def __init__(self, *, session_id: UUID, content: str, emit: Emit) -> None:
+        self.started = False
+        self.finishing = False
+        # Why the turn was cancelled. Kept here, not in the CancelledError:
+        # asgiref replaces that error (and its message) when the cancel lands
+        # during a database call.
+        self.cancel_reason: str | None = None
+        self.task = asyncio.create_task(turn_run(session_id=session_id, content=content, emit=emit, turn=self))
+
+    def running(self) -> bool:
+        return not self.task.done()
+
+    def cancel(self, reason: str) -> bool:
+        """Cancel the reply with a reason (STOP or CLIENT_GONE); return whether it was cancelled."""
+        if self.finishing or self.task.done():
+            return False
+        self.cancel_reason = reason
+        if self.started:
+            self.task.cancel(reason)
+        # Otherwise turn_run sees cancel_reason at its first step.
+        return True
+
+    async def wait(self) -> None:
+        """Wait for the turn to end; the caller's own cancellation still propagates."""
+        try:
+            await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if not self.task.done():
+                raise
+
+
+async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | None = None) -> None:
+    """Run one user turn to its end, sending frames through `emit`."""
+    if turn is not None:
+        turn.started = True
+    reply = Reply()
+    model = chat_model_get()
+    outcome: dict[str, Any] = {"stopped": False, "stop_reason": None}
+    error: LLMError | None = None
+    try:
+        await event_record(session_id=session_id, type=EventType.USER_MESSAGE, content=content)
+        if turn is not None and turn.cancel_reason:
+            raise asyncio.CancelledError(turn.cancel_reason)
+        await _converse(session_id=session_id, content=content, model=model, reply=reply, emit=emit)
+        if reply.finish_reason in CUT_SHORT:
+            # Not an exception: the reply is whole as far as the model goes, but cut short.
+            error = LLMError(*CUT_SHORT[reply.finish_reason])
+            outcome["error_code"] = error.code
+    except asyncio.CancelledError:
+        reason = (turn.cancel_reason if turn is not None else None) or CLIENT_GONE
+        outcome = {"stopped": True, "stop_reason": reason}
+    except LLMError as exc:
+        error = exc
+        outcome["error_code"] = exc.code
+    except Exception:
+        logger.exception("turn failed in session %s", session_id)
+        error = LLMError("internal", "Something went wrong while answering; try again.")
+        outcome["error_code"] = "internal"
+    if turn is not None:
+        turn.finishing = True
+    try:
+        await _turn_finish(session_id=session_id, model=model, reply=reply, outcome=outcome, error=error, emit=emit)
+    finally:
+        try:
+            await turn_release(session_id=session_id)
+        except Exception:
+            logger.exception("could not release the turn of session %s", session_id)
+
+
+async def _turn_finish(
+    *, session_id: UUID, model: ChatModel, reply: Reply, outcome: dict[str, Any], error: LLMError | None, emit: Emit
+) -> None:
+    """Send the error frame, record the reply (and the error), send `done` if the client is there."""
+    send_done = outcome.get("stop_reason") in (None, STOP)
+    if error is not None:
+        frame = {"type": "error", "code": error.code, "message": error.message}
+        if error.retry_after is not None:
+            frame["retry_after"] = error.retry_after
+        await emit(frame)
+    try:
+        await _reply_record(session_id=session_id, model=model, reply=reply, outcome=outcome)
+        if error is not None:
+            await event_record(
+                session_id=session_id,
+                type=EventType.ERROR,
+                content=error.message,
+                data={"code": error.code, "retry_after": error.retry_after},
+            )
+    except Exception:
+        logger.exception("could not record the reply of session %s", session_id)
+        if send_done and error is None:
+            await emit({"type": "error", "code": "internal", "message": "The reply could not be saved."})
+    if send_done:
+        await emit(
+            {
+                "type": "done",
+                "stopped": outcome["stopped"],
+                "usage": reply.usage(),
+                "ttft_ms": reply.ttft_ms,
+                "duration_ms": reply.elapsed_ms(),
+                "model": reply.strategy.get("model", model.model),
+            }
+        )

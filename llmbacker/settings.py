@@ -1,0 +1,193 @@
+"""Settings, read once from the environment (and `.env`) with django-environ.
+
+With no environment at all this is the embedded default: SQLite, the
+in-memory channel layer, Celery tasks run in process, the offline demo model.
+Every variable is listed in the README's configuration table.
+"""
+
+from pathlib import Path
+
+import environ
+from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=True)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is false.")
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "audit",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmbacker.urls"
+ASGI_APPLICATION = "llmbacker.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads write at once (sockets, the in-process task thread).
+    # IMMEDIATE takes the write lock when a transaction begins, so a writer
+    # waits (up to `timeout` s) instead of failing with "database is locked"
+    # when its read would have to turn into a write.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=20, transaction_mode="IMMEDIATE")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# WhiteNoise serves static files under daphne, also with DEBUG false; with
+# finders on, no collectstatic step is needed for the page to work.
+WHITENOISE_USE_FINDERS = True
+
+LOGIN_URL = "/admin/login/"
+
+# --- Redis: channel layer and Celery broker --------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py 8 defaults to a 5 s socket timeout, which kills the
+            # layer's blocking reads (channels_redis#422): keep it above that.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+# Without a broker, tasks run in process when they are queued.
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+# Several deployments can share one broker, each on its own queue.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "sessions-sweep": {
+        "task": "audit.tasks.sessions_sweep",
+        "schedule": 300.0,
+    },
+    "report-daily": {
+        "task": "audit.tasks.report_daily",
+        "schedule": crontab(hour=0, minute=15),
+    },
+    "sessions-delete-expired": {
+        "task": "audit.tasks.sessions_delete_expired",
+        "schedule": crontab(hour=3, minute=30),
+    },
+}
+
+# --- The model --------------------------------------------------------------
+GROQ_API_KEY = env.str("GROQ_API_KEY", default="")
+GROQ_BASE_URL = env.str("GROQ_BASE_URL", default="") or None
+GROQ_MODEL = env.str("GROQ_MODEL", default="llama-3.3-70b-versatile")
+GROQ_FAST_MODEL = env.str("GROQ_FAST_MODEL", default="llama-3.1-8b-instant")
+GROQ_SUMMARY_MODEL = env.str("GROQ_SUMMARY_MODEL", default="") or GROQ_MODEL
+# A transcript longer than this is summarized in parts of this size, then combined.
+CHAT_SUMMARY_PART_CHARS = env.int("CHAT_SUMMARY_PART_CHARS", default=24_000)
+GROQ_MAX_RETRIES = env.int("GROQ_MAX_RETRIES", default=1)
+GROQ_TIMEOUT_SECONDS = env.float("GROQ_TIMEOUT_SECONDS", default=30.0)
+GROQ_CONNECT_TIMEOUT_SECONDS = env.float("GROQ_CONNECT_TIMEOUT_SECONDS", default=5.0)
+GROQ_MAX_CONNECTIONS = env.int("GROQ_MAX_CONNECTIONS", default=1000)
+GROQ_FIRST_TOKEN_TIMEOUT_SECONDS = env.float("GROQ_FIRST_TOKEN_TIMEOUT_SECONDS", default=20.0)
+GROQ_TOKEN_TIMEOUT_SECONDS = env.float("GROQ_TOKEN_TIMEOUT_SECONDS", default=15.0)
+
+# --- The chat ---------------------------------------------------------------
+CHAT_ALLOW_ANONYMOUS = env.bool("CHAT_ALLOW_ANONYMOUS", default=True)
+CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=16_000)
+CHAT_RATE_LIMIT_MESSAGES = env.int("CHAT_RATE_LIMIT_MESSAGES", default=20)
+CHAT_RATE_LIMIT_WINDOW_SECONDS = env.float("CHAT_RATE_LIMIT_WINDOW_SECONDS", default=60.0)
+CHAT_MAX_TOOL_ROUNDS = env.int("CHAT_MAX_TOOL_ROUNDS", default=5)
+CHAT_TOOL_TIMEOUT_SECONDS = env.float("CHAT_TOOL_TIMEOUT_SECONDS", default=10.0)
+CHAT_TOOL_RESULT_MAX_CHARS = env.int("CHAT_TOOL_RESULT_MAX_CHARS", default=4000)
+# Names of the tools offered to the model; empty offers every registered tool.
+CHAT_TOOLS = env.list("CHAT_TOOLS", default=[])
+CHAT_SYSTEM_PROMPT = env.str(
+    "CHAT_SYSTEM_PROMPT",
+    default=(
+        "You are LLM-Backer's assistant. Answer clearly and briefly. "
+        "Use the tools when they help; never invent their results."
+    ),
+)
+# Tokens of history a turn may send, per model ("model=tokens,..."); others get the default.
+CHAT_CONTEXT_BUDGET_TOKENS = env.int("CHAT_CONTEXT_BUDGET_TOKENS", default=8000)
+CHAT_CONTEXT_BUDGETS = {model: int(tokens) for model, tokens in env.dict("CHAT_CONTEXT_BUDGETS", default={}).items()}
+# Sessions with no activity for this many days are deleted nightly (0 keeps everything).
+CHAT_RETENTION_DAYS = env.int("CHAT_RETENTION_DAYS", default=0)
+# Mask e-mail addresses, phone and card numbers in everything stored (and so sent to the model).
+CHAT_REDACT_PII = env.bool("CHAT_REDACT_PII", default=False)
+CHAT_SESSION_IDLE_MINUTES = env.int("CHAT_SESSION_IDLE_MINUTES", default=60)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "chat": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "audit": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    },
+}

@@ -1,0 +1,323 @@
+"""Shared fixtures: the fake Groq server, WebSocket clients, services, and the daphne and Celery subprocesses."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from .fake_groq import FakeGroq
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+ORIGIN = b"http://localhost"
+
+
+def on_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def on_redis() -> bool:
+    return bool(settings.REDIS_URL)
+
+
+def service_missing(reason: str) -> None:
+    """Skip the test for want of a service, or fail it under REQUIRE_SERVICES=1."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason}, and REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_test_db() -> Iterator[None]:
+    """Empty the tests' own Redis database before and after the run."""
+    if not on_redis():
+        yield
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def local_tasks_inline(request, monkeypatch):
+    """Run in-process tasks at once in the caller's thread, so a test sees their effect when the call returns.
+
+    A test marked `local_tasks_thread` keeps the real task thread.
+    """
+    if request.node.get_closest_marker("local_tasks_thread"):
+        return
+    from audit.tasks import local_tasks
+
+    monkeypatch.setattr(local_tasks, "submit", lambda task, args: task.apply(args=args))
+
+
+@pytest.fixture
+def broker_down():
+    """Send tasks to a broker nobody listens on, as when Redis is down."""
+    from llmbacker.celery import app as celery_app
+
+    conf = celery_app.conf
+    saved = conf.broker_url, conf.task_always_eager
+    conf.broker_url, conf.task_always_eager = "redis://127.0.0.1:9/0", False
+    celery_app._pool, celery_app.amqp._producer_pool = None, None
+    yield
+    conf.broker_url, conf.task_always_eager = saved
+    celery_app._pool, celery_app.amqp._producer_pool = None, None
+
+
+@pytest.fixture(scope="session")
+def fake_groq_server() -> Iterator[FakeGroq]:
+    server = FakeGroq().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_groq(settings, fake_groq_server: FakeGroq) -> FakeGroq:
+    """Point the app's groq SDK at the fake Groq server (instead of the offline model)."""
+    fake_groq_server.reset()
+    settings.GROQ_API_KEY = "test-key"
+    settings.GROQ_BASE_URL = fake_groq_server.url
+    return fake_groq_server
+
+
+@dataclass
+class Visitor:
+    """Someone with a Django session cookie (anonymous, or logged in as `user`)."""
+
+    session_key: str
+    user: Any = None
+
+    def headers(self, origin: bytes = ORIGIN) -> list[tuple[bytes, bytes]]:
+        cookie = f"{settings.SESSION_COOKIE_NAME}={self.session_key}".encode()
+        return [(b"origin", origin), (b"cookie", cookie)]
+
+
+@pytest.fixture
+def make_visitor(transactional_db):
+    """Return a factory of visitors: anonymous by default, or logged in as the given user."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client
+
+    def make(user=None) -> Visitor:
+        if user is not None:
+            client = Client()
+            client.force_login(user)
+            return Visitor(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value, user=user)
+        store = SessionStore()
+        store.create()
+        return Visitor(session_key=store.session_key)
+
+    return make
+
+
+@pytest.fixture
+def avisitor(make_visitor):
+    """The visitor factory for async tests."""
+    return sync_to_async(make_visitor)
+
+
+class ChatClient:
+    """A WebSocket client of the real ASGI app (origin check, auth, routing, consumer)."""
+
+    def __init__(self, visitor: Visitor | None, session_id: uuid.UUID | None = None, origin: bytes = ORIGIN):
+        from llmbacker.asgi import application
+
+        self.session_id = session_id or uuid.uuid4()
+        headers = visitor.headers(origin) if visitor else [(b"origin", origin)]
+        self.comm = WebsocketCommunicator(application, f"/ws/session/{self.session_id}/", headers=headers)
+
+    async def connect(self) -> dict[str, Any]:
+        """Connect and return the `session` frame."""
+        connected, _ = await self.comm.connect()
+        assert connected, "the handshake was refused"
+        frame = await self.receive()
+        assert frame["type"] == "session", frame
+        return frame
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.comm.send_json_to(frame)
+
+    async def receive(self, timeout: float = 5) -> dict[str, Any]:
+        return await self.comm.receive_json_from(timeout=timeout)
+
+    async def until(self, frame_type: str, timeout: float = 10) -> list[dict[str, Any]]:
+        """Return every frame up to and including the first of `frame_type`."""
+        frames = []
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self.receive(timeout=max(0.1, deadline - time.monotonic()))
+            frames.append(frame)
+            if frame["type"] == frame_type:
+                return frames
+
+    async def turn(self, content: str, timeout: float = 10) -> list[dict[str, Any]]:
+        """Send a message and return its frames up to `done`."""
+        await self.send({"type": "message", "content": content})
+        return await self.until("done", timeout=timeout)
+
+    async def close(self) -> None:
+        """Disconnect and wait for the consumer's disconnect handling to finish.
+
+        Leaving ends the session and writes its summary in process; the
+        communicator's default (1 s) would cancel that mid-way on a slow
+        machine, and its database writes would then race the test's teardown.
+        """
+        await self.comm.disconnect(timeout=15)
+
+
+@sync_to_async
+def events_of(session_id) -> list:
+    """Return the session's recorded events in order."""
+    from audit.models import Event
+
+    return list(Event.objects.filter(session_id=session_id).order_by("seq"))
+
+
+def text_of(frames: list[dict[str, Any]]) -> str:
+    """Join the token frames' text."""
+    return "".join(frame["content"] for frame in frames if frame["type"] == "token")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url_for_subprocess() -> str:
+    """Return a DATABASE_URL for the test database, for subprocesses."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    credentials = quote(db["USER"] or "")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"])
+    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def subprocess_env(*, groq_url: str | None, **extra: str) -> dict[str, str]:
+    """Return the environment of a daphne or Celery subprocess on the test database and Redis."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GROQ_", "CELERY_"))}
+    env.pop("REDIS_URL", None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="llmbacker.settings",
+        DATABASE_URL=database_url_for_subprocess(),
+        DEBUG="true",
+        PYTHONPATH=str(REPO),
+        GROQ_MAX_RETRIES="0",
+        # Tasks the subprocess sends go where the tests' worker listens.
+        CELERY_TASK_DEFAULT_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+    )
+    if on_redis():
+        env["REDIS_URL"] = settings.REDIS_URL
+    if groq_url:
+        env.update(GROQ_API_KEY="test-key", GROQ_BASE_URL=groq_url)
+    env.update(extra)
+    return env
+
+
+def port_wait(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until something listens on the port, failing early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def process_stop(process: subprocess.Popen, *, timeout: float = 10) -> None:
+    """Stop a subprocess; kill it when it does not stop in time (daphne waits for open sockets)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def daphne_start(*, port: int, groq_url: str, log) -> subprocess.Popen:
+    """Start daphne on the test database and wait until it listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llmbacker.asgi:application"],
+        cwd=REPO,
+        env=subprocess_env(groq_url=groq_url),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    port_wait(port, process)
+    return process
+
+
+@pytest.fixture(scope="module")
+def daphne_server(django_db_setup, fake_groq_server: FakeGroq) -> Iterator[str]:
+    """Serve the app with daphne in a subprocess on the test database; yield its base URL."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    log = open(ARTIFACTS / "daphne.log", "ab")  # noqa: SIM115 (closed below)
+    process = daphne_start(port=port, groq_url=fake_groq_server.url, log=log)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process_stop(process)
+        log.close()
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def browser_page():
+    """A page in Debian's headless Chromium, driven by Playwright (function-scoped, see DESIGN pitfalls)."""
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(executable):
+        service_missing("Debian's chromium is not installed (apt-get install -y chromium)")
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            try:
+                yield page
+            finally:
+                # Connections the test opened here belong to Playwright's context: close them before leaving it.
+                connections.close_all()
+                browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]

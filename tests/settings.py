@@ -1,0 +1,33 @@
+"""Test settings: the project's own, with a Redis database of the tests' own and in-process tasks."""
+
+from urllib.parse import urlsplit, urlunsplit
+
+from llmbacker.settings import *  # noqa: F403
+from llmbacker.settings import BASE_DIR, DATABASES, REDIS_URL
+
+# Redis database 13 belongs to the tests; the suite empties it before and after.
+REDIS_TEST_DB = 13
+if REDIS_URL:
+    REDIS_URL = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{REDIS_TEST_DB}"))
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": "llmbacker-test"},
+        }
+    }
+    CELERY_BROKER_URL = REDIS_URL
+
+# Tasks run in process unless a test switches eager mode off for a real worker.
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_DEFAULT_QUEUE = "llmbacker-test"
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, so a daphne or Celery subprocess can open the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+
+# Never the real Groq: tests that want the groq SDK point it at the fake server.
+GROQ_API_KEY = ""
+GROQ_BASE_URL = None
+GROQ_MAX_RETRIES = 0
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,246 @@
+"""The audit record: contiguous seqs under concurrency, session ends, summaries and their retries."""
+
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from audit import services
+from audit.models import ChatSession, Event, EventType, SessionStatus, Summary, SummaryStatus
+from audit.summaries import summary_generate, transcript_parts
+from audit.tasks import SUMMARY_GRACE, SUMMARY_MAX_RETRIES, session_summarize, sessions_sweep
+
+from .fake_groq import json_reply, status_reply
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_with_messages(*messages: str) -> ChatSession:
+    session = ChatSession.objects.create(id=uuid.uuid4(), anon_key="k" * 32, model="m", open_connections=1)
+    for n, text in enumerate(messages):
+        kind = EventType.USER_MESSAGE if n % 2 == 0 else EventType.ASSISTANT_MESSAGE
+        services.event_record(session_id=session.id, type=kind, content=text)
+    return session
+
+
+def test_seqs_stay_contiguous_under_concurrent_writers():
+    session = session_with_messages()
+    writers, per_writer = 8, 25
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for n in range(per_writer):
+                services.event_record(session_id=session.id, type=EventType.SYSTEM, content=str(n))
+        except BaseException as exc:  # reported below, so a failing thread fails the test
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    seqs = list(Event.objects.filter(session=session).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, writers * per_writer + 1))
+    session.refresh_from_db()
+    assert session.next_seq == writers * per_writer + 1
+
+
+def test_counters_follow_the_events():
+    session = session_with_messages("q", "a")
+    services.event_record(session_id=session.id, type=EventType.TOOL_CALL, content="t", data={"name": "t"})
+    services.event_record(
+        session_id=session.id,
+        type=EventType.ASSISTANT_MESSAGE,
+        content="b",
+        data={"usage": {"prompt_tokens": 30, "completion_tokens": 4}},
+    )
+    services.event_record(session_id=session.id, type=EventType.ERROR, content="x", data={"code": "internal"})
+    session.refresh_from_db()
+    assert (session.turn_count, session.message_count, session.tool_call_count, session.error_count) == (1, 3, 1, 1)
+    assert (session.prompt_tokens, session.completion_tokens) == (30, 4)
+
+
+def test_ending_a_session_records_its_duration_and_writes_the_summary_once():
+    session = session_with_messages("Which trains go to Porto?", "Several.")
+    assert services.session_end(session_id=session.id) is True
+    assert services.session_end(session_id=session.id) is False
+    session.refresh_from_db()
+    assert session.status == SessionStatus.ENDED and session.duration_seconds >= 0
+    summary = Summary.objects.get(session=session)
+    assert (summary.status, summary.covers_seq, summary.attempts) == (SummaryStatus.DONE, 2, 1)
+    # The task running again (a re-queued message, a second worker) changes nothing.
+    assert session_summarize.apply(args=[str(session.id)]).get() is False
+    assert Summary.objects.filter(session=session).count() == 1
+    assert Summary.objects.get(session=session).attempts == 1
+
+
+def test_a_resumed_session_is_summarized_again_over_the_whole_conversation():
+    session = session_with_messages("first question", "first answer")
+    services.session_leave(session_id=session.id)
+    opened = services.session_open(
+        session_id=session.id, user_id=None, anon_key=session.anon_key, model="m", llm_mode="offline"
+    )
+    assert opened.resumed and opened.session.status == SessionStatus.ACTIVE
+    services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="second question")
+    services.session_leave(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert summary.covers_seq == 3
+    assert "2 message(s)" in summary.text
+
+
+def test_summary_retries_a_malformed_answer_then_succeeds(fake_groq):
+    fake_groq.enqueue(json_reply("this is not json"))
+    session = session_with_messages("hello", "hi")
+    services.session_end(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert (summary.status, summary.title, summary.attempts) == (SummaryStatus.DONE, "Fake summary", 2)
+    assert summary.sentiment == "neutral" and summary.key_topics == ["testing"]
+
+
+def test_summary_is_marked_failed_when_the_model_keeps_failing(fake_groq):
+    fake_groq.enqueue(*[status_reply(503, message="down")] * (SUMMARY_MAX_RETRIES + 1))
+    session = session_with_messages("hello", "hi")
+    services.session_end(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert summary.status == SummaryStatus.FAILED
+    assert "503" in summary.error
+    assert summary.attempts == SUMMARY_MAX_RETRIES + 1
+    assert len([r for r in fake_groq.requests if r.get("response_format")]) == SUMMARY_MAX_RETRIES + 1
+    # Once the model is back, writing it again works.
+    assert summary_generate(session_id=session.id) is True
+    assert Summary.objects.get(session=session).status == SummaryStatus.DONE
+
+
+def test_sessions_left_open_by_a_crash_are_ended_and_summarized(settings):
+    settings.CHAT_SESSION_IDLE_MINUTES = 30
+    stale = session_with_messages("anyone there?", "yes")
+    fresh = session_with_messages("still here")
+    ChatSession.objects.filter(pk=stale.pk).update(last_activity_at=timezone.now() - timedelta(minutes=31))
+    assert sessions_sweep.apply().get() == {"ended": 1, "summaries_requeued": 0}
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (stale.status, fresh.status) == (SessionStatus.ENDED, SessionStatus.ACTIVE)
+    assert Summary.objects.get(session=stale).status == SummaryStatus.DONE
+
+
+def test_a_message_on_an_ended_session_reopens_it():
+    session = session_with_messages("one", "two")
+    services.session_end(session_id=session.id)
+    services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="three")
+    session.refresh_from_db()
+    assert session.status == SessionStatus.ACTIVE and session.ended_at is None
+
+
+def test_only_the_owner_may_open_a_session():
+    session = session_with_messages()
+    with pytest.raises(services.SessionForbidden):
+        services.session_open(session_id=session.id, user_id=None, anon_key="other", model="m", llm_mode="offline")
+    with pytest.raises(services.SessionForbidden):
+        services.session_open(session_id=session.id, user_id=None, anon_key="", model="m", llm_mode="offline")
+
+
+def test_one_turn_at_a_time_per_session():
+    session = session_with_messages()
+    stale_after = timedelta(minutes=10)
+    assert services.turn_claim(session_id=session.id, stale_after=stale_after) is True
+    assert services.turn_claim(session_id=session.id, stale_after=stale_after) is False
+    services.turn_release(session_id=session.id)
+    assert services.turn_claim(session_id=session.id, stale_after=stale_after) is True
+    ChatSession.objects.filter(pk=session.pk).update(turn_started_at=timezone.now() - timedelta(minutes=11))
+    assert services.turn_claim(session_id=session.id, stale_after=stale_after) is True
+
+
+def test_a_broker_outage_does_not_stop_a_session_ending(broker_down, caplog):
+    session = session_with_messages("are you there?", "yes")
+    assert services.session_end(session_id=session.id) is True
+    session.refresh_from_db()
+    assert session.status == SessionStatus.ENDED
+    assert not Summary.objects.filter(session=session).exists()
+    # The send was tried and its failure logged (the sweep queues it again later).
+    assert any("session_summarize_send" in record.getMessage() for record in caplog.records)
+
+
+def test_the_sweep_queues_summaries_that_never_arrived():
+    lost = session_with_messages("lost summary", "indeed")
+    recent = session_with_messages("just ended", "ok")
+    for session in (lost, recent):
+        ChatSession.objects.filter(pk=session.pk).update(status=SessionStatus.ENDED, ended_at=timezone.now())
+    ChatSession.objects.filter(pk=lost.pk).update(ended_at=timezone.now() - SUMMARY_GRACE - timedelta(minutes=1))
+    assert sessions_sweep.apply().get() == {"ended": 0, "summaries_requeued": 1}
+    assert Summary.objects.get(session=lost).status == SummaryStatus.DONE
+    assert not Summary.objects.filter(session=recent).exists()
+    # Once written, it is not queued again.
+    assert sessions_sweep.apply().get()["summaries_requeued"] == 0
+
+
+def test_two_writers_racing_leave_one_summary(fake_groq):
+    """Two workers (or a re-run racing the automatic task) both write: one row, one winner."""
+    session = session_with_messages("race me", "ok")
+    ChatSession.objects.filter(pk=session.pk).update(status=SessionStatus.ENDED, ended_at=timezone.now())
+    start = threading.Barrier(2)
+    stored: list[bool] = []
+
+    def write() -> None:
+        try:
+            start.wait()
+            stored.append(summary_generate(session_id=session.id))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Summary.objects.filter(session=session).count() == 1
+    assert Summary.objects.get(session=session).status == SummaryStatus.DONE
+    # Either the second claim saw it done, or its save lost the race: exactly one write.
+    assert sorted(stored) == [False, True]
+
+
+def test_transcripts_split_at_line_ends_and_lose_nothing():
+    transcript = "User: short\nAssistant: " + "x" * 250 + "\nUser: another line\n"
+    parts = transcript_parts(transcript, limit=100)
+    assert "".join(parts) == transcript
+    assert all(len(part) <= 100 for part in parts)
+    assert parts[0] == "User: short\n"
+
+
+def test_a_long_transcript_is_summarized_in_parts_then_combined(fake_groq, settings):
+    settings.CHAT_SUMMARY_PART_CHARS = 400
+    session = session_with_messages(*[f"message {n} " + "about the Lisbon trip " * 4 for n in range(12)])
+    services.session_end(session_id=session.id)
+    asked = [r["messages"][-1]["content"] for r in fake_groq.requests if r.get("response_format")]
+    parts, combined = asked[:-1], asked[-1]
+    assert len(parts) >= 3
+    assert all(text.startswith(f"Part {n} of {len(parts)}:") for n, text in enumerate(parts, 1))
+    assert all(len(text.split(":\n", 1)[1]) <= 400 for text in parts)
+    assert combined.startswith("The conversation was too long to read at once")
+    assert f"Part {len(parts)}: A short fake summary of the conversation." in combined
+    assert Summary.objects.get(session=session).status == SummaryStatus.DONE
+
+
+def test_the_offline_model_also_summarizes_in_parts(settings):
+    settings.CHAT_SUMMARY_PART_CHARS = 400
+    session = session_with_messages(*[f"message {n} " + "about the Lisbon trip " * 4 for n in range(12)])
+    services.session_end(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert summary.status == SummaryStatus.DONE
+    assert summary.text.startswith("The conversation was too long to read at once")
+    assert "Part 1: The visitor sent" in summary.text
+
+
+def test_a_session_deleted_while_its_summary_is_written_is_not_an_error(fake_groq):
+    session = session_with_messages("soon gone", "yes")
+    ChatSession.objects.filter(pk=session.pk).update(status=SessionStatus.ENDED, ended_at=timezone.now())
+    covers = services.summary_claim(session_id=session.id)
+    ChatSession.objects.filter(pk=session.pk).delete()
+    fields = services.SummaryFields(title="t", text="x", key_topics=[], action_items=[], sentiment="neutral", model="m")
+    assert services.summary_save(session_id=session.id, covers_seq=covers, fields=fields) is False

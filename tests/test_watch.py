@@ -1,0 +1,70 @@
+"""Staff watching a session live, through the channel layer."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+
+from chat.consumers import watch_group
+
+from .conftest import ORIGIN, ChatClient
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+def watcher(visitor, session_id) -> WebsocketCommunicator:
+    from llmbacker.asgi import application
+
+    return WebsocketCommunicator(
+        application, f"/ws/admin/sessions/{session_id}/watch/", headers=visitor.headers(ORIGIN)
+    )
+
+
+async def staff_visitor(avisitor, username="staff"):
+    user = await sync_to_async(get_user_model().objects.create_user)(username, password="pw", is_staff=True)
+    return await avisitor(user)
+
+
+async def test_staff_watch_another_visitors_turn_live(avisitor):
+    chat = ChatClient(await avisitor())
+    await chat.connect()
+    watch = watcher(await staff_visitor(avisitor), chat.session_id)
+    assert (await watch.connect())[0]
+    await asyncio.sleep(0.5)  # the watch request reaches the chat socket through the layer
+    frames = await chat.turn("What time is it in Asia/Tokyo?")
+    seen = []
+    while not seen or seen[-1]["type"] != "done":
+        seen.append(await watch.receive_json_from(timeout=5))
+    assert seen[0] == {"type": "user_message", "content": "What time is it in Asia/Tokyo?"}
+    assert seen[1:] == frames
+    await watch.disconnect()
+    await chat.close()
+
+
+async def test_only_staff_may_watch(avisitor):
+    chat = ChatClient(await avisitor())
+    await chat.connect()
+    for visitor in (await avisitor(), await avisitor(await sync_to_async(get_user_model().objects.create_user)("ann"))):
+        watch = watcher(visitor, chat.session_id)
+        assert (await watch.connect())[0]
+        assert await watch.receive_output() == {"type": "websocket.close", "code": 4403}
+        await watch.disconnect()
+    await chat.close()
+
+
+async def test_an_unwatched_turn_sends_nothing_to_watchers(avisitor):
+    """Without a live watch lease, the token stream costs no channel-layer traffic."""
+    layer = get_channel_layer()
+    listener = await layer.new_channel()
+    chat = ChatClient(await avisitor())
+    await chat.connect()
+    await layer.group_add(watch_group(chat.session_id), listener)
+    await chat.turn("hello there")
+    with pytest.raises(asyncio.TimeoutError):
+        async with asyncio.timeout(0.5):
+            await layer.receive(listener)
+    await layer.group_discard(watch_group(chat.session_id), listener)
+    await chat.close()
