@@ -261,6 +261,8 @@ class Turn:
     def __init__(self, *, session_id: UUID, content: str, emit: Emit) -> None:
         self.started = False
         self.finishing = False
+        # Set once the turn is released, just before `done` is sent.
+        self.answered = False
         # Why the turn was cancelled. Kept here, not in the CancelledError:
         # asgiref replaces that error (and its message) when the cancel lands
         # during a database call.
@@ -268,7 +270,8 @@ class Turn:
         self.task = asyncio.create_task(turn_run(session_id=session_id, content=content, emit=emit, turn=self))
 
     def running(self) -> bool:
-        return not self.task.done()
+        """Whether the turn still holds the session (it lets go just before `done`)."""
+        return not (self.answered or self.task.done())
 
     def cancel(self, reason: str) -> bool:
         """Cancel the reply with a reason (STOP or CLIENT_GONE); return whether it was cancelled."""
@@ -325,13 +328,28 @@ async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | N
             await turn_release(session_id=session_id)
         except Exception:
             logger.exception("could not release the turn of session %s", session_id)
+    # `done` goes out only once the turn is released and recorded, so a
+    # client may send its next message the moment it reads `done`.
+    if turn is not None:
+        turn.answered = True
+    if outcome.get("stop_reason") in (None, STOP):
+        await emit(
+            {
+                "type": "done",
+                "stopped": outcome["stopped"],
+                "usage": reply.usage(),
+                "ttft_ms": reply.ttft_ms,
+                "duration_ms": reply.elapsed_ms(),
+                "model": reply.strategy.get("model", model.model),
+            }
+        )
 
 
 async def _turn_finish(
     *, session_id: UUID, model: ChatModel, reply: Reply, outcome: dict[str, Any], error: LLMError | None, emit: Emit
 ) -> None:
-    """Send the error frame, record the reply (and the error), send `done` if the client is there."""
-    send_done = outcome.get("stop_reason") in (None, STOP)
+    """Send the error frame and record the reply (and the error)."""
+    client_there = outcome.get("stop_reason") in (None, STOP)
     if error is not None:
         frame = {"type": "error", "code": error.code, "message": error.message}
         if error.retry_after is not None:
@@ -348,16 +366,5 @@ async def _turn_finish(
             )
     except Exception:
         logger.exception("could not record the reply of session %s", session_id)
-        if send_done and error is None:
+        if client_there and error is None:
             await emit({"type": "error", "code": "internal", "message": "The reply could not be saved."})
-    if send_done:
-        await emit(
-            {
-                "type": "done",
-                "stopped": outcome["stopped"],
-                "usage": reply.usage(),
-                "ttft_ms": reply.ttft_ms,
-                "duration_ms": reply.elapsed_ms(),
-                "model": reply.strategy.get("model", model.model),
-            }
-        )

@@ -41,6 +41,44 @@ def service_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def database_quiet_before_flush(request) -> Iterator[None]:
+    """Before pytest-django empties the database, wait for other connections to finish their work.
+
+    A transactional test ends with a TRUNCATE of every table. Work still
+    running in another connection at that moment (a daphne subprocess ending
+    a session whose browser just closed, a database call left running in a
+    thread by a cancelled coroutine) can deadlock with it, and PostgreSQL
+    then aborts the TRUNCATE. Being autouse and defined here, this fixture is
+    set up after pytest-django's database fixture, so it is torn down before
+    the flush. Whatever is still busy after the wait is reported.
+    """
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    if not (on_postgres() and marker and marker.kwargs.get("transaction")):
+        return
+    from django.db import connection
+
+    sql = (
+        "SELECT pid, state, left(query, 200) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            busy = cursor.fetchall()
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            import warnings
+
+            warnings.warn(f"other connections still busy before the flush: {busy}", stacklevel=1)
+            return
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def redis_test_db() -> Iterator[None]:
     """Empty the tests' own Redis database before and after the run."""

@@ -601,6 +601,27 @@ async def test_a_database_failure_mid_turn_is_an_error_and_the_socket_survives(a
     await client.close()
 
 
+async def test_the_next_message_may_follow_done_at_once(avisitor, fake_groq, monkeypatch):
+    """`done` is sent only after the turn is released, so a script never sees `busy` for a message sent on `done`."""
+    from chat import turns
+
+    release = turns.turn_release
+
+    async def slow_release(**kwargs):
+        await asyncio.sleep(0.5)
+        await release(**kwargs)
+
+    monkeypatch.setattr(turns, "turn_release", slow_release)
+    fake_groq.enqueue(text_reply("First."), text_reply("Second."))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    assert text_of(await client.turn("one")) == "First."
+    frames = await client.turn("two")
+    assert [f["type"] for f in frames if f["type"] != "token"] == ["done"]
+    assert text_of(frames) == "Second."
+    await client.close()
+
+
 async def test_a_database_down_at_connect_is_an_error_then_a_1011_close(avisitor, monkeypatch):
     def database_down(**kwargs):
         raise OperationalError("could not connect to server")
