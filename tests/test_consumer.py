@@ -65,14 +65,23 @@ async def test_offline_reply_streams_tokens_and_is_recorded_once(avisitor):
     await client.close()
 
 
-async def test_offline_model_calls_the_time_tool(avisitor):
+@pytest.mark.parametrize(
+    ("question", "zone"),
+    [
+        ("What time is it in Asia/Tokyo?", "Asia/Tokyo"),
+        ("What time is it in Tokyo?", "Asia/Tokyo"),
+        ("what's the time in new york", "America/New_York"),
+        ("What day is it?", "UTC"),
+    ],
+)
+async def test_offline_model_calls_the_time_tool(avisitor, question, zone):
     client = ChatClient(await avisitor())
     await client.connect()
-    frames = await client.turn("What time is it in Asia/Tokyo?")
+    frames = await client.turn(question)
     call = next(frame for frame in frames if frame["type"] == "tool_call")
     result = next(frame for frame in frames if frame["type"] == "tool_result")
-    assert (call["name"], call["arguments"]) == ("current_time", {"timezone": "Asia/Tokyo"})
-    assert result["ok"] is True and result["result"]["timezone"] == "Asia/Tokyo"
+    assert (call["name"], call["arguments"]) == ("current_time", {"timezone": zone})
+    assert result["ok"] is True and result["result"]["timezone"] == zone
     assert result["result"]["local_time"] in text_of(frames)
     await client.close()
 

@@ -9,8 +9,10 @@ import asyncio
 import json
 import re
 import uuid
+import zoneinfo
 from collections import Counter
 from collections.abc import AsyncIterator
+from functools import cache
 from typing import Any
 
 from .types import Finish, StreamItem, TextDelta, ToolCall, Usage
@@ -26,6 +28,46 @@ _STOPWORDS = frozenset(
     "a an and are as at be but by can do for from has have how i in is it me my of on or please so tell "
     "that the this to was what when where which who why will with you your".split()
 )
+
+
+# Places people name that are not the city of an IANA zone.
+_PLACE_ALIASES = {
+    "beijing": "Asia/Shanghai",
+    "california": "America/Los_Angeles",
+    "delhi": "Asia/Kolkata",
+    "india": "Asia/Kolkata",
+    "new delhi": "Asia/Kolkata",
+    "san francisco": "America/Los_Angeles",
+    "seattle": "America/Los_Angeles",
+    "washington": "America/New_York",
+}
+
+
+_REGIONS = frozenset("Africa America Asia Atlantic Australia Europe Indian Pacific".split())
+# Zone names that are also everyday words ("Pacific/Wake", "Australia/West").
+_NOT_PLACES = frozenset("center central east eastern general knox midway north resolute south troll wake west".split())
+
+
+@cache
+def _places() -> dict[str, str]:
+    """Map a place's name ("tokyo", "new york") to its IANA zone, from the zones this machine knows."""
+    places = {}
+    for zone in sorted(zoneinfo.available_timezones()):
+        parts = zone.split("/")
+        name = parts[-1].replace("_", " ").lower()
+        if len(parts) >= 2 and parts[0] in _REGIONS and name not in _NOT_PLACES:
+            places.setdefault(name, zone)
+    places.update(_PLACE_ALIASES)
+    return places
+
+
+def _zone_named(text: str) -> str:
+    """The time zone the text names: an IANA name, else the longest place name in it, else UTC."""
+    if match := _TIMEZONE.search(text):
+        return match.group(1)
+    lowered = text.lower()
+    named = [place for place in _places() if re.search(rf"\b{re.escape(place)}\b", lowered)]
+    return _places()[max(named, key=len)] if named else "UTC"
 
 
 def _offered(tools: list[dict[str, Any]], name: str) -> bool:
@@ -70,9 +112,7 @@ def _decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Tool
     text = str(last.get("content") or "")
     lowered = text.lower()
     if _offered(tools, "current_time") and re.search(r"\b(time|clock|date|day is it)\b", lowered):
-        match = _TIMEZONE.search(text)
-        arguments = {"timezone": match.group(1) if match else "UTC"}
-        return _tool_call("current_time", arguments)
+        return _tool_call("current_time", {"timezone": _zone_named(text)})
     if _offered(tools, "sessions_search") and (match := _SEARCH.search(text)):
         return _tool_call("sessions_search", {"query": match.group(1).strip(" ?.!\"'")})
     if _offered(tools, "calculate"):
@@ -85,7 +125,7 @@ def _decide(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Tool
     return (
         f'(Offline demo model) You said: "{quoted}". I am not a real language model: I stream this '
         "canned reply word by word so you can try the product without a key. Ask me what time it is "
-        "(for example in Europe/Paris), to work out 12 * (3 + 4), for the system status, or to search "
+        "(for example in Tokyo), to work out 12 * (3 + 4), for the system status, or to search "
         "your earlier sessions for a word, to see a tool call. Set GROQ_API_KEY "
         "for real answers."
     )
