@@ -7,7 +7,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -83,6 +83,18 @@ _COUNTERS: dict[str, dict[str, int]] = {
 }
 
 
+PROVISIONAL_TITLE_CHARS = 60
+
+
+def _title_from(message: str) -> str:
+    """A provisional title: the message on one line, cut at a word near PROVISIONAL_TITLE_CHARS."""
+    line = " ".join(message.split())
+    if len(line) <= PROVISIONAL_TITLE_CHARS:
+        return line
+    cut = line[: PROVISIONAL_TITLE_CHARS - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[20:] else cut) + "…"
+
+
 @transaction.atomic
 def event_record(*, session_id: UUID, type: str, content: str = "", data: dict[str, Any] | None = None) -> Event:
     """Append an event to the session with the next seq, and update the session's counters.
@@ -99,6 +111,8 @@ def event_record(*, session_id: UUID, type: str, content: str = "", data: dict[s
         # A message on a session that was ended (by the stale sweep) reopens it,
         # so it is summarized again, with this message, when it closes.
         changes.update(status=SessionStatus.ACTIVE, ended_at=None, duration_seconds=None)
+        # Until a summary names it, a session is titled by its first message.
+        changes["title"] = Case(When(title="", then=Value(_title_from(content))), default=F("title"))
     for field, step in _COUNTERS.get(type, {}).items():
         changes[field] = F(field) + step
     usage = data.get("usage") or {}

@@ -67,6 +67,18 @@ def test_counters_follow_the_events():
     assert (session.prompt_tokens, session.completion_tokens) == (30, 4)
 
 
+def test_a_session_is_titled_by_its_first_message_until_its_summary_names_it(fake_groq):
+    session = session_with_messages("Which  trains go\nto Porto?", "Several.", "And to Lisbon?")
+    session.refresh_from_db()
+    assert session.title == "Which trains go to Porto?"
+    long = "Please help me plan a three week trip through Portugal and Spain on a budget"
+    assert services._title_from(long) == "Please help me plan a three week trip through Portugal and…"
+    services.session_end(session_id=session.id)  # the fake model titles its summaries "Fake summary"
+    services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="One more thing")
+    session.refresh_from_db()
+    assert session.title == "Fake summary"
+
+
 def test_ending_a_session_records_its_duration_and_writes_the_summary_once():
     session = session_with_messages("Which trains go to Porto?", "Several.")
     assert services.session_end(session_id=session.id) is True
