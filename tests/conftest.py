@@ -95,16 +95,20 @@ def redis_test_db() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def local_tasks_inline(request, monkeypatch):
+def local_tasks_inline(request) -> Iterator[None]:
     """Run in-process tasks at once in the caller's thread, so a test sees their effect when the call returns.
 
-    A test marked `local_tasks_thread` keeps the real task thread.
+    A test marked `local_tasks_thread` keeps the real task thread. The patch
+    has a MonkeyPatch of its own, so a test's `monkeypatch.undo()` leaves it.
     """
     if request.node.get_closest_marker("local_tasks_thread"):
+        yield
         return
     from audit.tasks import local_tasks
 
-    monkeypatch.setattr(local_tasks, "submit", lambda task, args: task.apply(args=args))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_tasks, "submit", lambda task, args: task.apply(args=args))
+        yield
 
 
 @pytest.fixture

@@ -591,15 +591,18 @@ async def test_a_database_failure_mid_turn_is_an_error_and_the_socket_survives(a
     async def database_down(**kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr("chat.turns.event_record", database_down)
-    frames = await client.turn("lost in the outage")
-    assert [(f["type"], f.get("code")) for f in frames if f["type"] != "token"] == [
-        ("error", "internal"),
-        ("done", None),
-    ]
-    await client.send({"type": "ping"})
-    assert await client.receive() == {"type": "pong"}
-    monkeypatch.undo()
+    # A context of its own: `monkeypatch.undo()` would also undo the autouse
+    # fixture that runs in-process tasks inline, and the summary would then
+    # still be running on its thread when the test's teardown empties the database.
+    with monkeypatch.context() as outage:
+        outage.setattr("chat.turns.event_record", database_down)
+        frames = await client.turn("lost in the outage")
+        assert [(f["type"], f.get("code")) for f in frames if f["type"] != "token"] == [
+            ("error", "internal"),
+            ("done", None),
+        ]
+        await client.send({"type": "ping"})
+        assert await client.receive() == {"type": "pong"}
     assert (await client.turn("after the outage"))[-1]["type"] == "done"
     events = await events_of(client.session_id)
     assert [e.content for e in events if e.type == "user_message"] == [
