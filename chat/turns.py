@@ -321,8 +321,18 @@ async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | N
         outcome["error_code"] = "internal"
     if turn is not None:
         turn.finishing = True
+    # A stopped turn's client is still there; one that left (client_gone) is not.
+    client_there = outcome.get("stop_reason") in (None, STOP)
     try:
-        await _turn_finish(session_id=session_id, model=model, reply=reply, outcome=outcome, error=error, emit=emit)
+        await _turn_finish(
+            session_id=session_id,
+            model=model,
+            reply=reply,
+            outcome=outcome,
+            error=error,
+            emit=emit,
+            client_there=client_there,
+        )
     finally:
         try:
             await turn_release(session_id=session_id)
@@ -332,7 +342,7 @@ async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | N
     # client may send its next message the moment it reads `done`.
     if turn is not None:
         turn.answered = True
-    if outcome.get("stop_reason") in (None, STOP):
+    if client_there:
         await emit(
             {
                 "type": "done",
@@ -346,10 +356,16 @@ async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | N
 
 
 async def _turn_finish(
-    *, session_id: UUID, model: ChatModel, reply: Reply, outcome: dict[str, Any], error: LLMError | None, emit: Emit
+    *,
+    session_id: UUID,
+    model: ChatModel,
+    reply: Reply,
+    outcome: dict[str, Any],
+    error: LLMError | None,
+    emit: Emit,
+    client_there: bool,
 ) -> None:
     """Send the error frame and record the reply (and the error)."""
-    client_there = outcome.get("stop_reason") in (None, STOP)
     if error is not None:
         frame = {"type": "error", "code": error.code, "message": error.message}
         if error.retry_after is not None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,6 @@ def database_quiet_before_flush(request) -> Iterator[None]:
         if not busy:
             return
         if time.monotonic() > deadline:
-            import warnings
-
             warnings.warn(f"other connections still busy before the flush: {busy}", stacklevel=1)
             return
         time.sleep(0.05)
