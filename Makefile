@@ -46,4 +46,4 @@ beat: install
 	$(BIN)/celery -A llmbacker beat --loglevel=INFO
 
 clean:
-	rm -rf $(VENV) staticfiles test-artifacts test-db.sqlite3 .pytest_cache .ruff_cache
+	rm -rf $(VENV) staticfiles test-artifacts test-db*.sqlite3 .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from django.conf import settings
 
 from audit.models import Summary, SummaryStatus
 from llmbacker.celery import app as celery_app
@@ -29,7 +30,7 @@ def worker_start(fake_groq):
         log = open(ARTIFACTS / "celery-worker.log", "wb")  # noqa: SIM115 (closed below)
         command = [
             sys.executable, "-m", "celery", "-A", "llmbacker", "worker",
-            f"--pool={pool}", "--concurrency=1", "--queues=llmbacker-test", "--loglevel=INFO",
+            f"--pool={pool}", "--concurrency=1", f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}", "--loglevel=INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         worker = subprocess.Popen(
