@@ -46,10 +46,10 @@ class ChatSession(models.Model):
     duration_seconds = models.FloatField(null=True, blank=True)
     # The seq the next event gets; bumped in the same transaction as the insert.
     next_seq = models.PositiveIntegerField(default=1)
-    # Sockets open on this session (across processes); it ends when the last leaves.
-    open_connections = models.PositiveIntegerField(default=0)
-    # Set while a turn runs, so a second tab or process answers `busy`.
+    # Set while a turn runs, so a second tab or process answers `busy`; the
+    # claim is free again once the claiming socket's lease has run out.
     turn_started_at = models.DateTimeField(null=True, blank=True)
+    turn_lease = models.UUIDField(null=True, blank=True)
     # What the model is told of the turns that no longer fit its context budget:
     # a rolling summary of the events up to context_summary_seq, kept between turns.
     context_summary = models.TextField(blank=True)
@@ -72,6 +72,35 @@ class ChatSession(models.Model):
 
     def __str__(self) -> str:
         return self.title or str(self.id)
+
+
+class SocketLease(models.Model):
+    """A socket connected to a session, alive while its process renews the lease.
+
+    "Connected" is derived from leases that expire rather than from a counter,
+    so a socket whose cleanup never ran (a crashed process, a consumer that
+    raised) stops counting by itself once its lease runs out.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="socket_leases")
+    # Who holds the socket ("user:<id>" or "anon:<session key>") and from where:
+    # the per-visitor and per-address socket limits count these.
+    visitor = models.CharField(max_length=64)
+    address = models.CharField(max_length=64, blank=True)
+    opened_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["session", "expires_at"], name="lease_session_expires"),
+            models.Index(fields=["visitor", "expires_at"], name="lease_visitor_expires"),
+            models.Index(fields=["address", "expires_at"], name="lease_address_expires"),
+            models.Index(fields=["expires_at"], name="lease_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"socket {self.id} on {self.session_id}"
 
 
 class Event(models.Model):

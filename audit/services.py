@@ -7,11 +7,10 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Q, Value, When
-from django.db.models.functions import Greatest
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
-from .models import ChatSession, Event, EventType, SessionStatus, Summary, SummaryStatus
+from .models import ChatSession, Event, EventType, SessionStatus, SocketLease, Summary, SummaryStatus
 from .redaction import redact
 
 
@@ -40,12 +39,7 @@ def session_open(*, session_id: UUID, user_id: int | None, anon_key: str, model:
         try:
             with transaction.atomic():
                 session = ChatSession.objects.create(
-                    id=session_id,
-                    user_id=user_id,
-                    anon_key="" if user_id else anon_key,
-                    model=model,
-                    llm_mode=llm_mode,
-                    open_connections=1,
+                    id=session_id, user_id=user_id, anon_key="" if user_id else anon_key, model=model, llm_mode=llm_mode
                 )
             return SessionOpened(session=session, resumed=False)
         except IntegrityError:
@@ -59,20 +53,53 @@ def session_open(*, session_id: UUID, user_id: int | None, anon_key: str, model:
     session.model = model
     session.llm_mode = llm_mode
     session.last_activity_at = timezone.now()
-    session.open_connections = F("open_connections") + 1
-    session.save(
-        update_fields=[
-            "status",
-            "ended_at",
-            "duration_seconds",
-            "model",
-            "llm_mode",
-            "last_activity_at",
-            "open_connections",
-        ]
-    )
-    session.refresh_from_db(fields=["open_connections"])
+    session.save(update_fields=["status", "ended_at", "duration_seconds", "model", "llm_mode", "last_activity_at"])
     return SessionOpened(session=session, resumed=True)
+
+
+def socket_lease_open(*, session_id: UUID, lease_id: UUID, visitor: str, address: str, seconds: float) -> None:
+    """Record a socket connected to the session, alive for `seconds` unless renewed."""
+    now = timezone.now()
+    SocketLease.objects.create(
+        id=lease_id,
+        session_id=session_id,
+        visitor=visitor,
+        address=address,
+        opened_at=now,
+        expires_at=now + timedelta(seconds=seconds),
+    )
+
+
+def socket_leases_renew(*, lease_ids: list[UUID], seconds: float) -> int:
+    """Extend the leases of sockets still connected; return how many were renewed.
+
+    An expired lease that is still stored comes back to life here: a socket
+    whose process could not renew for a while (a database blip) counts again.
+    """
+    expires_at = timezone.now() + timedelta(seconds=seconds)
+    return SocketLease.objects.filter(pk__in=lease_ids).update(expires_at=expires_at)
+
+
+@transaction.atomic
+def socket_leave(*, session_id: UUID, lease_id: UUID) -> bool:
+    """Drop the socket's lease; end the session when no live socket is left. Return whether it ended.
+
+    The session row is locked first, so of two last sockets leaving at once
+    exactly one sees the other gone and ends the session.
+    """
+    if not ChatSession.objects.select_for_update().filter(pk=session_id).exists():
+        return False
+    SocketLease.objects.filter(pk=lease_id).delete()
+    live = SocketLease.objects.filter(session_id=session_id, expires_at__gt=timezone.now())
+    if live.exists():
+        return False
+    return session_end(session_id=session_id)
+
+
+def sockets_live_count(*, visitor: str = "", address: str = "") -> int:
+    """Return how many live sockets the visitor (or else the address) holds, across processes."""
+    live = SocketLease.objects.filter(expires_at__gt=timezone.now())
+    return live.filter(visitor=visitor).count() if visitor else live.filter(address=address).count()
 
 
 _COUNTERS: dict[str, dict[str, int]] = {
@@ -96,13 +123,24 @@ def _title_from(message: str) -> str:
 
 
 @transaction.atomic
-def event_record(*, session_id: UUID, type: str, content: str = "", data: dict[str, Any] | None = None) -> Event:
+def event_record(
+    *, session_id: UUID, type: str, content: str = "", data: dict[str, Any] | None = None, retrying: bool = False
+) -> Event:
     """Append an event to the session with the next seq, and update the session's counters.
 
     The UPDATE that bumps `next_seq` takes the session row's write lock first,
     so concurrent writers queue behind it and seqs stay contiguous.
+
+    `retrying` marks a second try after the database connection failed: the
+    first may have committed before the failure, so an event of this type
+    already recorded for the same `data["turn_id"]` is returned instead of
+    recorded twice.
     """
     data = data or {}
+    if retrying and data.get("turn_id"):
+        recorded = Event.objects.filter(session_id=session_id, type=type, data__turn_id=data["turn_id"]).first()
+        if recorded is not None:
+            return recorded
     if settings.CHAT_REDACT_PII:
         content, data = redact(content), redact(data)
     now = timezone.now()
@@ -123,25 +161,6 @@ def event_record(*, session_id: UUID, type: str, content: str = "", data: dict[s
         raise ChatSession.DoesNotExist(str(session_id))
     seq = ChatSession.objects.filter(pk=session_id).values_list("next_seq", flat=True).get() - 1
     return Event.objects.create(session_id=session_id, seq=seq, type=type, content=content, data=data, created_at=now)
-
-
-@transaction.atomic
-def session_leave(*, session_id: UUID) -> bool:
-    """Count one socket gone; end the session when it was the last. Return whether it ended."""
-    remaining = (
-        ChatSession.objects.filter(pk=session_id).select_for_update().values_list("open_connections", flat=True).first()
-    )
-    if remaining is None:
-        return False
-    ChatSession.objects.filter(pk=session_id).update(open_connections=Greatest(F("open_connections") - 1, 0))
-    if remaining > 1:
-        return False
-    return session_end(session_id=session_id)
-
-
-def session_touch(*, session_id: UUID) -> None:
-    """Note that the session is alive (a ping), so the idle sweep leaves it open."""
-    ChatSession.objects.filter(pk=session_id).update(last_activity_at=timezone.now())
 
 
 RETENTION_BATCH = 500
@@ -171,19 +190,28 @@ def context_summary_save(*, session_id: UUID, text: str, through_seq: int) -> No
     )
 
 
-def turn_claim(*, session_id: UUID, stale_after: timedelta) -> bool:
-    """Mark a turn as running on the session; return False when one already is.
+def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta) -> bool:
+    """Mark a turn as running on the session for this socket; return False when another one runs.
 
-    A claim older than `stale_after` is taken over: its process died mid-turn.
+    The claim is free when nobody holds it, when this socket holds it (its
+    release failed, yet it knows its turn is over), when the holder's lease
+    has run out (its socket or process is gone), or, as a backstop, when it
+    is older than `stale_after`.
     """
     now = timezone.now()
-    free = Q(turn_started_at__isnull=True) | Q(turn_started_at__lt=now - stale_after)
-    return ChatSession.objects.filter(free, pk=session_id).update(turn_started_at=now) == 1
+    holder_live = SocketLease.objects.filter(pk=OuterRef("turn_lease"), expires_at__gt=now)
+    free = (
+        Q(turn_started_at__isnull=True)
+        | Q(turn_lease=lease_id)
+        | ~Exists(holder_live)
+        | Q(turn_started_at__lt=now - stale_after)
+    )
+    return ChatSession.objects.filter(free, pk=session_id).update(turn_started_at=now, turn_lease=lease_id) == 1
 
 
-def turn_release(*, session_id: UUID) -> None:
-    """Mark the session's turn as over."""
-    ChatSession.objects.filter(pk=session_id).update(turn_started_at=None)
+def turn_release(*, session_id: UUID, lease_id: UUID) -> None:
+    """Mark the session's turn as over, unless another socket has taken the claim over since."""
+    ChatSession.objects.filter(pk=session_id, turn_lease=lease_id).update(turn_started_at=None, turn_lease=None)
 
 
 @transaction.atomic
@@ -220,11 +248,31 @@ def summary_queue(*, session_id: UUID) -> None:
     transaction.on_commit(session_summarize_send, robust=True)
 
 
-def sessions_end_idle(*, idle: timedelta) -> int:
-    """End every active session with no activity for `idle` (its socket never closed cleanly)."""
-    cutoff = timezone.now() - idle
-    stale = ChatSession.objects.filter(status=SessionStatus.ACTIVE, last_activity_at__lt=cutoff)
-    return sum(session_end(session_id=session_id) for session_id in stale.values_list("id", flat=True))
+def sessions_end_abandoned(*, grace: timedelta) -> int:
+    """End every active session that has had no live socket for `grace` (its sockets vanished uncleanly)."""
+    cutoff = timezone.now() - grace
+    live = SocketLease.objects.filter(session=OuterRef("pk"), expires_at__gt=timezone.now())
+    abandoned = ChatSession.objects.filter(status=SessionStatus.ACTIVE, last_activity_at__lt=cutoff).exclude(
+        Exists(live)
+    )
+    session_ids = list(abandoned.values_list("id", flat=True))
+    return sum(_session_end_if_abandoned(session_id=session_id) for session_id in session_ids)
+
+
+@transaction.atomic
+def _session_end_if_abandoned(*, session_id: UUID) -> bool:
+    """End the session unless a socket joined it since it was found abandoned."""
+    if not ChatSession.objects.select_for_update().filter(pk=session_id).exists():
+        return False
+    if SocketLease.objects.filter(session_id=session_id, expires_at__gt=timezone.now()).exists():
+        return False
+    return session_end(session_id=session_id)
+
+
+def socket_leases_delete_expired(*, before: timedelta) -> int:
+    """Delete the leases that ran out more than `before` ago (nothing will renew them now)."""
+    deleted, _ = SocketLease.objects.filter(expires_at__lt=timezone.now() - before).delete()
+    return deleted
 
 
 SUMMARIES_REQUEUE_BATCH = 500

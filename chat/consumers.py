@@ -5,30 +5,31 @@ import json
 import logging
 import time
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from . import services
+from . import limits, services
+from .presence import presence
 from .protocol import FrameError, frame_parse
-from .ratelimit import MessageRateLimit
+from .retry import database_retry
 from .turns import CLIENT_GONE, STOP, Turn
 
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY = 4429
 CLOSE_SERVER_ERROR = 1011
 
 session_join = database_sync_to_async(services.session_join)
-session_leave = database_sync_to_async(services.session_leave)
-session_touch = database_sync_to_async(services.session_touch)
+socket_leave = database_sync_to_async(services.socket_leave)
 turn_claim = database_sync_to_async(services.turn_claim)
 
-# A ping marks the session alive at most this often (seconds).
-TOUCH_EVERY_SECONDS = 60.0
+# A channel layer that does not answer within this is skipped when leaving.
+LAYER_TIMEOUT_SECONDS = 5.0
 
 # Staff watching a session renew their lease this often; a socket copies its
 # frames to the watchers only while a lease is live, so an unwatched reply
@@ -51,43 +52,77 @@ class SessionConsumer(AsyncWebsocketConsumer):
     """One chat session over one socket: `/ws/session/<uuid>/`."""
 
     session_id: UUID | None = None
+    lease_id: UUID | None = None
+    visitor: str = ""
+    address: str = ""
     turn: Turn | None = None
-    touched_at: float = 0.0
     watched_until: float = 0.0
+    _leaving: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        """Serve the socket; however it ends (a close, an exception, a cancel), leave the session."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._leave()
 
     async def connect(self) -> None:
-        """Check the caller, open or resume the session, send the `session` frame."""
+        """Accept, check the caller, open or resume the session, send the `session` frame.
+
+        The handshake is accepted first, so it never waits on the database:
+        daphne gives an application 5 s to answer a handshake, and under a
+        burst of connections the database work queued behind that deadline.
+        A refusal is then a close code, as DESIGN has it for 4401 and 4403.
+        """
+        await self.accept()
+        if self.scope.get("auth_unavailable"):
+            await self._refuse_unavailable()
+            return
         user = self.scope.get("user")
         authenticated = bool(user and user.is_authenticated)
         if not authenticated and not settings.CHAT_ALLOW_ANONYMOUS:
-            await self.accept()
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
         session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
+        lease_id = uuid4()
+        user_id = user.pk if authenticated else None
+        self.address = self._client_address()
         try:
             anon_key = "" if authenticated else await self._anonymous_key()
             frame = await session_join(
-                session_id=session_id, user_id=user.pk if authenticated else None, anon_key=anon_key
+                session_id=session_id, lease_id=lease_id, user_id=user_id, anon_key=anon_key, address=self.address
             )
         except services.SessionForbidden:
-            await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        except Exception:
-            # The database is down, most likely: say so, and close as a server error.
-            logger.exception("could not open session %s", session_id)
-            await self.accept()
-            await self.error("internal", "The chat is unavailable right now; try again shortly.")
-            await self.close(code=CLOSE_SERVER_ERROR)
+        except services.SocketLimitReached as exc:
+            await self.error("too_many_connections", str(exc))
+            await self.close(code=CLOSE_TOO_MANY)
             return
-        self.session_id = session_id
-        self.rate_limit = MessageRateLimit(
-            limit=settings.CHAT_RATE_LIMIT_MESSAGES, window=settings.CHAT_RATE_LIMIT_WINDOW_SECONDS
-        )
-        await self.channel_layer.group_add(session_group(session_id), self.channel_name)
-        await self.accept()
+        except Exception:
+            logger.exception("could not open session %s", session_id)
+            await self._refuse_unavailable()
+            return
+        self.session_id, self.lease_id = session_id, lease_id
+        self.visitor = services.visitor_key(user_id=user_id, anon_key=anon_key)
+        presence.add(lease_id)
         await self.emit(frame)
+        try:
+            # Only staff watching need this group; the chat goes on without it.
+            await self.channel_layer.group_add(session_group(session_id), self.channel_name)
+        except Exception:
+            logger.warning("could not join the group of session %s", session_id, exc_info=True)
         # Staff already watching learn of this socket at their next renewal.
+
+    async def _refuse_unavailable(self) -> None:
+        """Tell the client the chat cannot open now (the database is down, most likely), and close."""
+        await self.error("internal", "The chat is unavailable right now; try again shortly.")
+        await self.close(code=CLOSE_SERVER_ERROR)
+
+    def _client_address(self) -> str:
+        """Return the client's IP address (daphne's --proxy-headers make it the forwarded one)."""
+        client = self.scope.get("client")
+        return str(client[0])[:64] if client else ""
 
     async def _anonymous_key(self) -> str:
         """Return the visitor's Django session key.
@@ -103,6 +138,17 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one client frame; bad input gets an error frame and the socket stays open."""
+        if self.session_id is None:
+            return  # refused at connect; the close is on its way
+        try:
+            await self._frame_handle(text_data, bytes_data)
+        except Exception:
+            # Whatever went wrong with this frame, the socket and its session live on.
+            logger.exception("could not handle a frame on session %s", self.session_id)
+            await self.error("internal", "The frame could not be handled; try again.")
+
+    async def _frame_handle(self, text_data: str | None, bytes_data: bytes | None) -> None:
+        """Decode one frame and do what it asks."""
         try:
             frame = frame_parse(text=text_data, binary=bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
         except FrameError as exc:
@@ -110,34 +156,26 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         if frame.kind == "ping":
             await self.emit({"type": "pong"})
-            await self._touch()
         elif frame.kind == "stop":
             if self.turn is not None:
                 self.turn.cancel(STOP)
         else:
             await self._message(frame.content)
 
-    async def _touch(self) -> None:
-        """Mark the session alive, so beat's idle sweep does not end a connected session."""
-        now = time.monotonic()
-        if now - self.touched_at < TOUCH_EVERY_SECONDS:
-            return
-        self.touched_at = now
-        try:
-            await session_touch(session_id=self.session_id)
-        except Exception:
-            logger.exception("could not mark session %s alive", self.session_id)
-
     async def _message(self, content: str) -> None:
-        """Start a turn, unless one is running or the rate limit says no."""
+        """Start a turn, unless one is running or a limit says no."""
         if self.turn is not None and self.turn.running():
             await self.error("busy", "A reply is still being generated; wait for it or send stop.")
             return
-        if not self.rate_limit.allow():
-            await self.error("rate_limited", f"Too many messages; try again in {self.rate_limit.retry_after():g} s.")
+        refusal = await limits.message_allow(visitor=self.visitor, address=self.address)
+        refusal = refusal or await limits.token_budget_check(visitor=self.visitor)
+        if refusal is not None:
+            await self.emit(
+                {"type": "error", "code": refusal.code, "message": refusal.message, "retry_after": refusal.retry_after}
+            )
             return
         try:
-            claimed = await turn_claim(session_id=self.session_id)
+            claimed = await turn_claim(session_id=self.session_id, lease_id=self.lease_id)
         except Exception:
             logger.exception("could not claim a turn on session %s", self.session_id)
             await self.error("internal", "The message could not be accepted; try again.")
@@ -146,20 +184,46 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.error("busy", "A reply is being generated for this session in another window.")
             return
         await self.watchers_send({"type": "user_message", "content": content})
-        self.turn = Turn(session_id=self.session_id, content=content, emit=self.emit)
+        self.turn = Turn(
+            session_id=self.session_id, lease_id=self.lease_id, visitor=self.visitor, content=content, emit=self.emit
+        )
 
     async def disconnect(self, code: int) -> None:
         """Stop the reply (keeping what was produced), then leave the session."""
+        await self._leave()
+
+    async def _leave(self) -> None:
+        """Leave the session once, shielded: a second cancel of the consumer does not cut the cleanup short."""
+        if self._leaving is None:
+            self._leaving = asyncio.ensure_future(self._session_leave())
+        await asyncio.shield(self._leaving)
+
+    async def _session_leave(self) -> None:
+        """Stop renewing the lease, end the turn, drop the lease (ending the session if last), leave the group.
+
+        Each step stands alone: a database or channel layer that is down does
+        not keep the others from running, and a lease that could not be
+        dropped runs out by itself, after which the sweep ends the session.
+        """
         if self.session_id is None:
             return
-        await self.channel_layer.group_discard(session_group(self.session_id), self.channel_name)
+        presence.discard(self.lease_id)
         if self.turn is not None:
             self.turn.cancel(CLIENT_GONE)
             await self.turn.wait()
         try:
-            await session_leave(session_id=self.session_id)
+            await database_retry(
+                socket_leave, what="leave the session", session_id=self.session_id, lease_id=self.lease_id
+            )
         except Exception:
-            logger.exception("could not end session %s", self.session_id)
+            logger.exception("could not leave session %s; its lease will run out", self.session_id)
+        try:
+            await asyncio.wait_for(
+                self.channel_layer.group_discard(session_group(self.session_id), self.channel_name),
+                timeout=LAYER_TIMEOUT_SECONDS,
+            )
+        except Exception:
+            logger.warning("could not leave the group of session %s", self.session_id, exc_info=True)
 
     async def emit(self, frame: dict[str, Any]) -> None:
         """Send a frame (and copy it to staff watching); a client already gone is not an error."""

@@ -4,26 +4,68 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
+from django.db import transaction
+
 from audit import selectors, services
 from audit.services import SessionForbidden
 
 from .llm import chat_model_get
 
-__all__ = ["SessionForbidden", "session_join", "session_leave", "session_touch", "turn_claim", "turn_release"]
+__all__ = ["SessionForbidden", "SocketLimitReached", "session_join", "socket_leave", "turn_claim", "turn_release"]
 
-# A turn that has held its claim this long died with its process.
+# A backstop: a claim this old is taken over even when its socket's lease is
+# live (the turn hung). Normally a claim frees once its holder's lease runs out.
 TURN_STALE_AFTER = timedelta(minutes=10)
 
 
-def session_join(*, session_id: UUID, user_id: int | None, anon_key: str) -> dict[str, Any]:
-    """Open or resume the session for its owner; return the `session` frame.
+class SocketLimitReached(Exception):
+    """The visitor, or the client address, holds as many sockets as allowed."""
 
-    Raise SessionForbidden when someone else owns it.
+
+def visitor_key(*, user_id: int | None, anon_key: str) -> str:
+    """Return who holds a socket, as the socket limits and rate limits count them."""
+    return f"user:{user_id}" if user_id is not None else f"anon:{anon_key}"
+
+
+def _sockets_check(*, visitor: str, address: str) -> None:
+    """Raise SocketLimitReached when the visitor or the address may open no further socket.
+
+    Counted from the live leases, so sockets in every process count, and a
+    socket that vanished stops counting when its lease runs out. Two
+    handshakes at the same instant may both pass: the limit is a fence
+    against floods, not an exact quota.
+    """
+    per_visitor = settings.CHAT_MAX_SOCKETS_PER_VISITOR
+    if per_visitor > 0 and services.sockets_live_count(visitor=visitor) >= per_visitor:
+        raise SocketLimitReached(f"At most {per_visitor} chat sockets may be open at once; close one first.")
+    per_address = settings.CHAT_MAX_SOCKETS_PER_ADDRESS
+    if per_address > 0 and address and services.sockets_live_count(address=address) >= per_address:
+        raise SocketLimitReached(f"Too many chat sockets are open from this address (at most {per_address}).")
+
+
+def session_join(
+    *, session_id: UUID, lease_id: UUID, user_id: int | None, anon_key: str, address: str
+) -> dict[str, Any]:
+    """Open or resume the session for its owner, lease the socket on it; return the `session` frame.
+
+    Raise SessionForbidden when someone else owns it, SocketLimitReached when
+    the caller holds too many sockets already.
     """
     model = chat_model_get()
-    opened = services.session_open(
-        session_id=session_id, user_id=user_id, anon_key=anon_key, model=model.model, llm_mode=model.mode
-    )
+    visitor = visitor_key(user_id=user_id, anon_key=anon_key)
+    with transaction.atomic():
+        _sockets_check(visitor=visitor, address=address)
+        opened = services.session_open(
+            session_id=session_id, user_id=user_id, anon_key=anon_key, model=model.model, llm_mode=model.mode
+        )
+        services.socket_lease_open(
+            session_id=session_id,
+            lease_id=lease_id,
+            visitor=visitor,
+            address=address,
+            seconds=settings.CHAT_SOCKET_LEASE_SECONDS,
+        )
     return {
         "type": "session",
         "session_id": str(session_id),
@@ -34,21 +76,16 @@ def session_join(*, session_id: UUID, user_id: int | None, anon_key: str) -> dic
     }
 
 
-def session_leave(*, session_id: UUID) -> None:
-    """Count the socket gone; the last one out ends the session and queues its summary."""
-    services.session_leave(session_id=session_id)
+def socket_leave(*, session_id: UUID, lease_id: UUID) -> bool:
+    """Drop the socket's lease; the last live one out ends the session and queues its summary."""
+    return services.socket_leave(session_id=session_id, lease_id=lease_id)
 
 
-def session_touch(*, session_id: UUID) -> None:
-    """Keep an idle but connected session from being ended by the idle sweep."""
-    services.session_touch(session_id=session_id)
+def turn_claim(*, session_id: UUID, lease_id: UUID) -> bool:
+    """Claim the session's single turn slot for this socket; False when another turn is running."""
+    return services.turn_claim(session_id=session_id, lease_id=lease_id, stale_after=TURN_STALE_AFTER)
 
 
-def turn_claim(*, session_id: UUID) -> bool:
-    """Claim the session's single turn slot; False when a turn is already running."""
-    return services.turn_claim(session_id=session_id, stale_after=TURN_STALE_AFTER)
-
-
-def turn_release(*, session_id: UUID) -> None:
+def turn_release(*, session_id: UUID, lease_id: UUID) -> None:
     """Free the session's turn slot."""
-    services.turn_release(session_id=session_id)
+    services.turn_release(session_id=session_id, lease_id=lease_id)

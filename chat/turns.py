@@ -10,6 +10,7 @@ ends with one `done` frame while the client is there to receive it.
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,11 @@ from audit import services as audit_services
 from audit.models import EventType
 
 from .context import last_turn_used_tools, messages_build, tokens_estimate, window_cut
+from .limits import token_budget_charge
 from .llm import LLMError, TextDelta, ToolCall, Usage, chat_model_get
 from .llm.types import ChatModel, Finish
 from .memory import earlier_extend
+from .retry import database_retry
 from .strategy import strategy_choose
 from .tools import ToolContext, tool_run, tools_enabled
 from .tools.registry import ToolOutcome, arguments_parse
@@ -54,6 +57,10 @@ context_summary_save = database_sync_to_async(audit_services.context_summary_sav
 class Reply:
     """What the turn has produced so far."""
 
+    turn_id: str = ""
+    # Whether the user's message is in the record; a turn whose message is not
+    # (the database was away) records nothing else either.
+    user_recorded: bool = False
     started: float = field(default_factory=time.monotonic)
     parts: list[str] = field(default_factory=list)
     ttft_ms: int | None = None
@@ -231,12 +238,19 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
 
 
 async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, outcome: dict[str, Any]) -> None:
-    """Record the assistant's reply once for the turn, with its figures and how it ended."""
-    await event_record(
+    """Record the assistant's reply once for the turn, with its figures and how it ended.
+
+    Retried while the database is away; a retry does not record it twice.
+    """
+    await database_retry(
+        event_record,
+        what="record the reply",
         session_id=session_id,
+        retry_kwargs={"retrying": True},
         type=EventType.ASSISTANT_MESSAGE,
         content="".join(reply.parts),
         data={
+            "turn_id": reply.turn_id,
             "model": reply.strategy.get("model", model.model),
             "llm_mode": model.mode,
             "strategy": reply.strategy,
@@ -258,7 +272,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
 class Turn:
     """A running turn: its task, and cancellation that is refused once the turn is finishing."""
 
-    def __init__(self, *, session_id: UUID, content: str, emit: Emit) -> None:
+    def __init__(self, *, session_id: UUID, lease_id: UUID, visitor: str, content: str, emit: Emit) -> None:
         self.started = False
         self.finishing = False
         # Set once the turn is released, just before `done` is sent.
@@ -267,7 +281,9 @@ class Turn:
         # asgiref replaces that error (and its message) when the cancel lands
         # during a database call.
         self.cancel_reason: str | None = None
-        self.task = asyncio.create_task(turn_run(session_id=session_id, content=content, emit=emit, turn=self))
+        self.task = asyncio.create_task(
+            turn_run(session_id=session_id, lease_id=lease_id, visitor=visitor, content=content, emit=emit, turn=self)
+        )
 
     def running(self) -> bool:
         """Whether the turn still holds the session (it lets go just before `done`)."""
@@ -292,16 +308,21 @@ class Turn:
                 raise
 
 
-async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | None = None) -> None:
-    """Run one user turn to its end, sending frames through `emit`."""
+async def turn_run(
+    *, session_id: UUID, lease_id: UUID, content: str, emit: Emit, visitor: str = "", turn: Turn | None = None
+) -> None:
+    """Run one user turn to its end, sending frames through `emit`; charge its tokens to the visitor."""
     if turn is not None:
         turn.started = True
-    reply = Reply()
+    reply = Reply(turn_id=uuid.uuid4().hex)
     model = chat_model_get()
     outcome: dict[str, Any] = {"stopped": False, "stop_reason": None}
     error: LLMError | None = None
     try:
-        await event_record(session_id=session_id, type=EventType.USER_MESSAGE, content=content)
+        await event_record(
+            session_id=session_id, type=EventType.USER_MESSAGE, content=content, data={"turn_id": reply.turn_id}
+        )
+        reply.user_recorded = True
         if turn is not None and turn.cancel_reason:
             raise asyncio.CancelledError(turn.cancel_reason)
         await _converse(session_id=session_id, content=content, model=model, reply=reply, emit=emit)
@@ -335,8 +356,10 @@ async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | N
         )
     finally:
         try:
-            await turn_release(session_id=session_id)
+            await database_retry(turn_release, what="release the turn", session_id=session_id, lease_id=lease_id)
         except Exception:
+            # The claim stays with this socket, which may claim again; another
+            # socket gets it once this one's lease runs out.
             logger.exception("could not release the turn of session %s", session_id)
     # `done` goes out only once the turn is released and recorded, so a
     # client may send its next message the moment it reads `done`.
@@ -353,6 +376,11 @@ async def turn_run(*, session_id: UUID, content: str, emit: Emit, turn: Turn | N
                 "model": reply.strategy.get("model", model.model),
             }
         )
+    if visitor:
+        try:
+            await token_budget_charge(visitor=visitor, tokens=reply.prompt_tokens + reply.completion_tokens)
+        except Exception:
+            logger.exception("could not charge the tokens of session %s", session_id)
 
 
 async def _turn_finish(
@@ -371,16 +399,26 @@ async def _turn_finish(
         if error.retry_after is not None:
             frame["retry_after"] = error.retry_after
         await emit(frame)
+    if not reply.user_recorded:
+        return
     try:
         await _reply_record(session_id=session_id, model=model, reply=reply, outcome=outcome)
         if error is not None:
-            await event_record(
+            await database_retry(
+                event_record,
+                what="record the error",
                 session_id=session_id,
+                retry_kwargs={"retrying": True},
                 type=EventType.ERROR,
                 content=error.message,
-                data={"code": error.code, "retry_after": error.retry_after},
+                data={"code": error.code, "retry_after": error.retry_after, "turn_id": reply.turn_id},
             )
     except Exception:
-        logger.exception("could not record the reply of session %s", session_id)
+        logger.exception(
+            "could not record the reply of session %s (turn %s, %d characters lost)",
+            session_id,
+            reply.turn_id,
+            sum(len(part) for part in reply.parts),
+        )
         if client_there and error is None:
             await emit({"type": "error", "code": "internal", "message": "The reply could not be saved."})

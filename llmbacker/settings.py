@@ -17,7 +17,9 @@ env = environ.Env()
 if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless asked for: a server started with no environment fails closed
+# (SECRET_KEY required, TLS settings on). `make run` and the tests set DEBUG=true.
+DEBUG = env.bool("DEBUG", default=False)
 
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
@@ -27,6 +29,25 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- TLS: secure defaults unless DEBUG, so `check --deploy` is clean behind TLS ---
+# HTTPS=false serves plain HTTP with DEBUG off (a trial with no TLS in front).
+HTTPS = env.bool("HTTPS", default=not DEBUG)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+# Load balancers and container probes ask for /healthz over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
+# Behind a TLS-terminating proxy that always sets it, name the header (e.g.
+# X-Forwarded-Proto): requests (and socket handshakes) saying "https" in it are
+# secure. Never set it when clients can reach daphne without the proxy.
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
 
 INSTALLED_APPS = [
     "daphne",
@@ -71,6 +92,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+# Persistent connections: the sockets' database calls share one thread per
+# process, and opening a PostgreSQL connection per call cost ~23% of CPU under
+# load. A connection broken by a database restart is dropped after its first
+# failed query (the chat's writes retry, see CHAT_DB_RETRY_SECONDS); health
+# checks add a `SELECT 1` to every call, so they are off unless asked for.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=False)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads write at once (sockets, the in-process task thread).
     # IMMEDIATE takes the write lock when a transaction begins, so a writer
@@ -104,13 +132,20 @@ LOGIN_URL = "/admin/login/"
 # --- Redis: channel layer and Celery broker --------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# Connections to Redis one process's channel layer may open at once. redis-py's
+# default of 100 ran out on a burst of closing sockets (MaxConnectionsError).
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=2000)
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, with a receive that waits out a Redis restart.
+            "BACKEND": "chat.layers.RedisChannelLayer",
             # redis-py 8 defaults to a 5 s socket timeout, which kills the
             # layer's blocking reads (channels_redis#422): keep it above that.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": REDIS_MAX_CONNECTIONS}]
+            },
         }
     }
 else:
@@ -129,7 +164,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "sessions-sweep": {
         "task": "audit.tasks.sessions_sweep",
-        "schedule": 300.0,
+        "schedule": 60.0,
     },
     "report-daily": {
         "task": "audit.tasks.report_daily",
@@ -147,6 +182,18 @@ GROQ_BASE_URL = env.str("GROQ_BASE_URL", default="") or None
 GROQ_MODEL = env.str("GROQ_MODEL", default="llama-3.3-70b-versatile")
 GROQ_FAST_MODEL = env.str("GROQ_FAST_MODEL", default="llama-3.1-8b-instant")
 GROQ_SUMMARY_MODEL = env.str("GROQ_SUMMARY_MODEL", default="") or GROQ_MODEL
+# Models that take Groq's structured outputs (a JSON Schema in `response_format`);
+# summaries by any other model are asked for in JSON mode.
+GROQ_STRUCTURED_OUTPUT_MODELS = env.list(
+    "GROQ_STRUCTURED_OUTPUT_MODELS",
+    default=[
+        "openai/gpt-oss-20b",
+        "openai/gpt-oss-120b",
+        "moonshotai/kimi-k2-instruct-0905",
+        "meta-llama/llama-4-maverick-17b-128e-instruct",
+        "meta-llama/llama-4-scout-17b-16e-instruct",
+    ],
+)
 # A transcript longer than this is summarized in parts of this size, then combined.
 CHAT_SUMMARY_PART_CHARS = env.int("CHAT_SUMMARY_PART_CHARS", default=24_000)
 GROQ_MAX_RETRIES = env.int("GROQ_MAX_RETRIES", default=1)
@@ -161,6 +208,10 @@ CHAT_ALLOW_ANONYMOUS = env.bool("CHAT_ALLOW_ANONYMOUS", default=True)
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=16_000)
 CHAT_RATE_LIMIT_MESSAGES = env.int("CHAT_RATE_LIMIT_MESSAGES", default=20)
 CHAT_RATE_LIMIT_WINDOW_SECONDS = env.float("CHAT_RATE_LIMIT_WINDOW_SECONDS", default=60.0)
+# Per client address over the same window: higher, since many people can share one address.
+CHAT_RATE_LIMIT_ADDRESS_MESSAGES = env.int("CHAT_RATE_LIMIT_ADDRESS_MESSAGES", default=120)
+# Prompt plus completion tokens one visitor may use per UTC day; 0 disables (see chat/limits.py).
+CHAT_TOKEN_BUDGET_PER_DAY = env.int("CHAT_TOKEN_BUDGET_PER_DAY", default=200_000)
 CHAT_MAX_TOOL_ROUNDS = env.int("CHAT_MAX_TOOL_ROUNDS", default=5)
 CHAT_TOOL_TIMEOUT_SECONDS = env.float("CHAT_TOOL_TIMEOUT_SECONDS", default=10.0)
 CHAT_TOOL_RESULT_MAX_CHARS = env.int("CHAT_TOOL_RESULT_MAX_CHARS", default=4000)
@@ -180,7 +231,14 @@ CHAT_CONTEXT_BUDGETS = {model: int(tokens) for model, tokens in env.dict("CHAT_C
 CHAT_RETENTION_DAYS = env.int("CHAT_RETENTION_DAYS", default=0)
 # Mask e-mail addresses, phone and card numbers in everything stored (and so sent to the model).
 CHAT_REDACT_PII = env.bool("CHAT_REDACT_PII", default=False)
-CHAT_SESSION_IDLE_MINUTES = env.int("CHAT_SESSION_IDLE_MINUTES", default=60)
+# A socket's lease on its session: renewed by its process every third of this;
+# a session whose sockets all vanished is ended by the sweep about this long
+# after, and a turn claimed by a vanished socket is free again after this.
+CHAT_SOCKET_LEASE_SECONDS = env.float("CHAT_SOCKET_LEASE_SECONDS", default=30.0)
+CHAT_MAX_SOCKETS_PER_VISITOR = env.int("CHAT_MAX_SOCKETS_PER_VISITOR", default=20)
+CHAT_MAX_SOCKETS_PER_ADDRESS = env.int("CHAT_MAX_SOCKETS_PER_ADDRESS", default=200)
+# How long a reply or a socket's leave keeps retrying while the database is away.
+CHAT_DB_RETRY_SECONDS = env.float("CHAT_DB_RETRY_SECONDS", default=15.0)
 
 LOGGING = {
     "version": 1,

@@ -34,14 +34,14 @@ def load(sessions: int, events_per_session: int) -> str:
         cursor.execute(
             """
             INSERT INTO audit_chatsession (id, anon_key, status, model, llm_mode, title, started_at,
-                last_activity_at, ended_at, duration_seconds, next_seq, open_connections, turn_count,
+                last_activity_at, ended_at, duration_seconds, next_seq, turn_count,
                 message_count, tool_call_count, error_count, prompt_tokens, completion_tokens,
                 context_summary, context_summary_seq)
             SELECT md5(n::text)::uuid, 'visitor' || (n %% 5000),
                 CASE WHEN n %% 10 = 0 THEN 'active' ELSE 'ended' END,
                 CASE WHEN n %% 3 = 0 THEN 'fast' ELSE 'big' END, 'groq', 'session ' || n,
                 now() - make_interval(mins => n), now() - make_interval(mins => n),
-                now() - make_interval(mins => n) + interval '5 minutes', 300, %(events)s + 1, 0,
+                now() - make_interval(mins => n) + interval '5 minutes', 300, %(events)s + 1,
                 %(events)s / 2, %(events)s, n %% 3, (n %% 7) / 6, (100 * n) %% 1000, 50, '', 0
             FROM generate_series(1, %(sessions)s) AS n
             """,

@@ -79,6 +79,20 @@ def database_quiet_before_flush(request) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def database_sync_thread_closed(django_db_setup) -> Iterator[None]:
+    """Close the persistent connections of the thread that runs `database_sync_to_async` calls.
+
+    Connections persist (CONN_MAX_AGE), and that thread outlives the tests:
+    its open connection would keep PostgreSQL from dropping the test database.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def redis_test_db() -> Iterator[None]:
     """Empty the tests' own Redis database before and after the run."""
     if not on_redis():

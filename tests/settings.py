@@ -3,8 +3,11 @@
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-from llmbacker.settings import *  # noqa: F403
-from llmbacker.settings import BASE_DIR, DATABASES, REDIS_URL
+# The project fails closed (DEBUG off: SECRET_KEY required, HTTPS redirects); tests run in development mode.
+os.environ.setdefault("DEBUG", "true")
+
+from llmbacker.settings import *  # noqa: E402, F403
+from llmbacker.settings import BASE_DIR, DATABASES, REDIS_MAX_CONNECTIONS, REDIS_URL  # noqa: E402
 
 # Redis database 13 belongs to the tests; the suite empties it before and after.
 # TEST_REDIS_DB picks another, so two runs on one machine keep out of each other's way.
@@ -13,9 +16,9 @@ if REDIS_URL:
     REDIS_URL = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{REDIS_TEST_DB}"))
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "chat.layers.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": REDIS_MAX_CONNECTIONS}],
                 "prefix": f"llmbacker-test-{REDIS_TEST_DB}",
             },
         }

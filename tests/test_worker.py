@@ -101,8 +101,8 @@ def test_the_worker_sweeps_a_session_a_crash_left_open(celery_worker, fake_groq,
     from audit.models import ChatSession, EventType, SessionStatus
     from audit.tasks import sessions_sweep
 
-    # The worker reads its own settings: the default idle time (60 minutes) applies there.
-    session = ChatSession.objects.create(id=uuid.uuid4(), anon_key="crashed", model="m", open_connections=1)
+    # No live socket lease: its process crashed (the worker's own settings apply: a 30 s lease).
+    session = ChatSession.objects.create(id=uuid.uuid4(), anon_key="crashed", model="m")
     services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="Was I cut off?")
     ChatSession.objects.filter(pk=session.pk).update(last_activity_at=timezone.now() - timedelta(hours=2))
     sessions_sweep.delay()
