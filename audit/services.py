@@ -193,20 +193,47 @@ def context_summary_save(*, session_id: UUID, text: str, through_seq: int) -> No
 def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta) -> bool:
     """Mark a turn as running on the session for this socket; return False when another one runs.
 
-    The claim is free when nobody holds it, when this socket holds it (its
-    release failed, yet it knows its turn is over), when the holder's lease
-    has run out (its socket or process is gone), or, as a backstop, when it
-    is older than `stale_after`.
+    The claim is free when nobody holds it (one UPDATE, the usual case). It is
+    taken over when this socket holds it (its release failed, yet it knows its
+    turn is over), when the holder's lease has run out (its socket or process
+    is gone), or, as a backstop, when it is older than `stale_after`; a turn
+    taken over that never recorded its reply gets one then (see `turn_orphan_close`).
     """
     now = timezone.now()
+    claim = {"turn_started_at": now, "turn_lease": lease_id}
+    if ChatSession.objects.filter(pk=session_id, turn_started_at__isnull=True).update(**claim):
+        return True
     holder_live = SocketLease.objects.filter(pk=OuterRef("turn_lease"), expires_at__gt=now)
-    free = (
-        Q(turn_started_at__isnull=True)
-        | Q(turn_lease=lease_id)
-        | ~Exists(holder_live)
-        | Q(turn_started_at__lt=now - stale_after)
+    stale = Q(turn_lease=lease_id) | ~Exists(holder_live) | Q(turn_started_at__lt=now - stale_after)
+    with transaction.atomic():
+        if not ChatSession.objects.filter(stale, pk=session_id).update(**claim):
+            return False
+        turn_orphan_close(session_id=session_id)
+    return True
+
+
+ORPHAN_STOP_REASON = "server_lost"
+
+
+def turn_orphan_close(*, session_id: UUID) -> bool:
+    """Record the reply of a turn whose process died before recording it; return whether one was missing.
+
+    Nothing of what the model produced survived, so the reply is empty and
+    marked stopped with reason `server_lost`: every user message keeps its
+    one assistant event.
+    """
+    asked = Event.objects.filter(session_id=session_id, type=EventType.USER_MESSAGE).order_by("-seq").first()
+    if asked is None:
+        return False
+    answered = Event.objects.filter(session_id=session_id, type=EventType.ASSISTANT_MESSAGE, seq__gt=asked.seq)
+    if answered.exists():
+        return False
+    event_record(
+        session_id=session_id,
+        type=EventType.ASSISTANT_MESSAGE,
+        data={"turn_id": asked.data.get("turn_id"), "stopped": True, "stop_reason": ORPHAN_STOP_REASON},
     )
-    return ChatSession.objects.filter(free, pk=session_id).update(turn_started_at=now, turn_lease=lease_id) == 1
+    return True
 
 
 def turn_release(*, session_id: UUID, lease_id: UUID) -> None:
@@ -223,11 +250,16 @@ def session_end(*, session_id: UUID) -> bool:
     session = ChatSession.objects.select_for_update().filter(pk=session_id).first()
     if session is None or session.status == SessionStatus.ENDED:
         return False
+    if session.turn_lease is not None:
+        # Its turn's socket vanished mid-reply (a crashed process).
+        if turn_orphan_close(session_id=session_id):
+            session.refresh_from_db(fields=["message_count"])
+        session.turn_started_at = session.turn_lease = None
     now = timezone.now()
     session.status = SessionStatus.ENDED
     session.ended_at = now
     session.duration_seconds = round((now - session.started_at).total_seconds(), 3)
-    session.save(update_fields=["status", "ended_at", "duration_seconds"])
+    session.save(update_fields=["status", "ended_at", "duration_seconds", "turn_started_at", "turn_lease"])
     if session.message_count:
         summary_queue(session_id=session_id)
     return True

@@ -8,6 +8,7 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError
 from django.utils import timezone
 
+from audit import services as audit_services
 from audit.models import ChatSession, EventType, SessionStatus, SocketLease
 from chat import turns
 from chat.consumers import SessionConsumer
@@ -176,6 +177,9 @@ async def test_a_turn_claimed_by_a_vanished_socket_is_taken_over(avisitor, fake_
             session_id=client.session_id, visitor="anon:gone", expires_at=crashed_lease + timedelta(seconds=30)
         )
         ChatSession.objects.filter(pk=client.session_id).update(turn_started_at=crashed_lease, turn_lease=lease.pk)
+        audit_services.event_record(
+            session_id=client.session_id, type=EventType.USER_MESSAGE, content="lost?", data={"turn_id": "t1"}
+        )
         return lease.pk
 
     lease_id = await crash_mid_turn()
@@ -185,6 +189,14 @@ async def test_a_turn_claimed_by_a_vanished_socket_is_taken_over(avisitor, fake_
     await sync_to_async(SocketLease.objects.filter(pk=lease_id).update)(expires_at=timezone.now())
     fake_groq.enqueue(text_reply("Taken over."))
     assert text_of(await client.turn("anyone now?")) == "Taken over."
+    events = await events_of(client.session_id)
+    assert [(e.seq, e.type, e.content) for e in events] == [
+        (1, "user_message", "lost?"),
+        (2, "assistant_message", ""),  # the crashed turn's reply, of which nothing survived
+        (3, "user_message", "anyone now?"),
+        (4, "assistant_message", "Taken over."),
+    ]
+    assert (events[1].data["turn_id"], events[1].data["stop_reason"]) == ("t1", "server_lost")
     await client.close()
 
 

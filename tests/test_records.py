@@ -166,6 +166,23 @@ def test_sessions_whose_sockets_vanished_are_ended_by_the_sweep_within_a_lease(s
     assert Summary.objects.get(session=vanished).status == SummaryStatus.DONE
 
 
+def test_the_sweep_closes_the_turn_of_a_crashed_process_with_an_empty_stopped_reply(settings):
+    settings.CHAT_SOCKET_LEASE_SECONDS = 30
+    session = session_with_messages("first", "answer", "cut off by a crash")
+    crashed = lease(session, seconds=-5)
+    ChatSession.objects.filter(pk=session.pk).update(
+        turn_started_at=timezone.now(), turn_lease=crashed, last_activity_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert sessions_sweep.apply().get()["ended"] == 1
+    session.refresh_from_db()
+    assert (session.status, session.turn_lease, session.turn_started_at) == (SessionStatus.ENDED, None, None)
+    events = list(Event.objects.filter(session=session).order_by("seq"))
+    assert [(e.seq, e.type) for e in events][-2:] == [(3, "user_message"), (4, "assistant_message")]
+    assert events[-1].data["stop_reason"] == "server_lost" and events[-1].content == ""
+    assert session.message_count == 4
+    assert Summary.objects.get(session=session).covers_seq == 4
+
+
 def test_a_lease_renewed_after_running_out_counts_again_until_the_sweep_deletes_it():
     session = session_with_messages("blip")
     lease_id = lease(session, seconds=-5)
