@@ -16,6 +16,10 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The settings fail closed (DEBUG off: SECRET_KEY required, HTTPS only); these
+# development targets turn DEBUG on unless the environment says otherwise.
+run worker beat superuser: export DEBUG ?= true
+
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
@@ -39,10 +43,16 @@ superuser: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createsuperuser
 
+# A worker or beat without a broker would talk to Celery's default, amqp://localhost.
+BROKER_REQUIRED = $(BIN)/python -c 'import sys; from llmbacker.celery import BROKER_MISSING, app; \
+	app.conf.broker_url or sys.exit("make $@: " + BROKER_MISSING)'
+
 worker: install
+	@$(BROKER_REQUIRED)
 	$(BIN)/celery -A llmbacker worker --loglevel=INFO
 
 beat: install
+	@$(BROKER_REQUIRED)
 	$(BIN)/celery -A llmbacker beat --loglevel=INFO
 
 clean:

@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY = 4429
-CLOSE_SERVER_ERROR = 1011
+# "Try again later". Not 1011: autobahn (daphne's WebSocket layer) lets an
+# application close only with 1000 or 3000-4999, and raises on anything else.
+CLOSE_SERVER_ERROR = 4500
 
 session_join = database_sync_to_async(services.session_join)
 socket_leave = database_sync_to_async(services.socket_leave)

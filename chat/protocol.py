@@ -34,7 +34,8 @@ def frame_parse(*, text: str | None, binary: bytes | None, max_chars: int) -> Cl
         raise FrameError("message_too_large", f"Messages are limited to {max_chars} characters.")
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser goes ("[[[[..."), an attack, not JSON to serve.
         raise FrameError("invalid_json", "The frame is not valid JSON.") from None
     if not isinstance(payload, dict):
         raise FrameError("invalid_message", "A frame must be a JSON object with a 'type'.")
@@ -52,4 +53,23 @@ def frame_parse(*, text: str | None, binary: bytes | None, max_chars: int) -> Cl
         raise FrameError("invalid_message", "A message needs a non-empty string 'content'.")
     if len(content) > max_chars:
         raise FrameError("message_too_large", f"Messages are limited to {max_chars} characters.")
+    text_check(content)
     return ClientFrame(kind="message", content=content)
+
+
+def text_check(text: str) -> None:
+    """Raise FrameError when the text holds a character that cannot be stored.
+
+    JSON escapes can carry both: PostgreSQL refuses NUL in text columns, and
+    a lone surrogate (half of a UTF-16 pair) cannot be encoded as UTF-8 for
+    any database or for the model. A paired surrogate escape ("\\ud83d\\ude00")
+    is already one character after decoding, so only broken text is refused.
+    """
+    if "\x00" in text:
+        raise FrameError("invalid_message", "Messages cannot contain the NUL character (\\u0000).")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError(
+            "invalid_message", "Messages cannot contain unpaired UTF-16 surrogates (\\ud800 to \\udfff)."
+        ) from None

@@ -376,3 +376,93 @@ def browser_page():
                 browser.close()
     finally:
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL cluster of the tests' own (temp dir, own port, trust auth): never the shared one."""
+
+    bin: Path
+    root: Path
+    port: int
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        # initdb and postgres refuse to run as root.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=60)
+
+    def url(self, database: str = "llmbacker") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        data, log = str(self.root / "data"), str(self.root / "server.log")
+        self.run(str(self.bin / "pg_ctl"), "-D", data, "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.root / "data" / "postmaster.pid").exists()
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """Start a private PostgreSQL cluster with an empty `llmbacker` database; remove it afterwards."""
+    import glob
+    import tempfile
+
+    initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if not initdbs:
+        service_missing("no PostgreSQL server binaries under /usr/lib/postgresql")
+    root = Path(tempfile.mkdtemp(prefix="llmbacker-private-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    cluster = PrivatePostgres(bin=Path(initdbs[-1]).parent, root=root, port=free_port())
+    try:
+        cluster.run(str(cluster.bin / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres", "-N")
+        cluster.start()
+        cluster.run(str(cluster.bin / "createdb"), "-h", "127.0.0.1", "-p", str(cluster.port), "llmbacker")
+        yield cluster
+    finally:
+        if cluster.running():
+            cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class PrivateRedis:
+    """A Redis server of the tests' own, on its own port, keeping nothing on disk: never the shared one."""
+
+    port: int
+    process: subprocess.Popen | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        port_wait(self.port, self.process, timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            process_stop(self.process)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[PrivateRedis]:
+    """Start a private Redis server; stop it afterwards."""
+    if not shutil.which("redis-server") and not os.path.exists("/usr/bin/redis-server"):
+        service_missing("redis-server is not installed")
+    server = PrivateRedis(port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

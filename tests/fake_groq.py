@@ -317,6 +317,22 @@ def status_reply(status: int, *, message: str = "error", headers: dict[str, str]
     return Reply(f"status:{status}", play)
 
 
+def json_validate_failed_reply(failed_generation: str) -> Reply:
+    """Answer as Groq does when the reply it generated is not the JSON asked for: 400 `json_validate_failed`."""
+
+    def play(exchange: Exchange) -> str:
+        error = {
+            "message": "Failed to generate JSON. Please adjust your prompt. See 'failed_generation' for more details.",
+            "type": "invalid_request_error",
+            "code": "json_validate_failed",
+            "failed_generation": failed_generation,
+        }
+        exchange.send_json(400, {"error": error})
+        return "status"
+
+    return Reply("json_validate_failed", play)
+
+
 def cut_reply(text: str) -> Reply:
     """Stream the text, then drop the connection mid-body (the client sees an incomplete chunked read)."""
     return streamed("cut", lambda exchange: chunk_events(exchange, content_deltas(text)), ending="cut")

@@ -637,7 +637,7 @@ async def test_the_next_message_may_follow_done_at_once(avisitor, fake_groq, mon
     await client.close()
 
 
-async def test_a_database_down_at_connect_is_an_error_then_a_1011_close(avisitor, monkeypatch):
+async def test_a_database_down_at_connect_is_an_error_then_a_4500_close(avisitor, monkeypatch):
     def database_down(**kwargs):
         raise OperationalError("could not connect to server")
 
@@ -647,7 +647,7 @@ async def test_a_database_down_at_connect_is_an_error_then_a_1011_close(avisitor
     assert connected
     frame = await client.receive()
     assert (frame["type"], frame["code"]) == ("error", "internal")
-    assert await client.comm.receive_output() == {"type": "websocket.close", "code": 1011}
+    assert await client.comm.receive_output() == {"type": "websocket.close", "code": 4500}
     await client.close()
 
 

@@ -1,6 +1,7 @@
 """Groq through the official SDK: the only module that imports `groq`."""
 
 import asyncio
+import re
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -79,6 +80,15 @@ def _error_from(exc: Exception) -> LLMError:
     if isinstance(exc, groq.APITimeoutError | httpx.TimeoutException):
         return LLMError("llm_unavailable", "The model service timed out.")
     return LLMError("llm_unavailable", "The model service failed mid-reply." if str(exc) else "The model failed.")
+
+
+def _failed_generation(exc: groq.BadRequestError) -> str | None:
+    """Return the reply Groq generated and then rejected as invalid JSON, if that is what the error is."""
+    body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+    if isinstance(body, dict) and body.get("code") == "json_validate_failed":
+        rejected = body.get("failed_generation")
+        return rejected if isinstance(rejected, str) else None
+    return None
 
 
 # Building a client costs ~20 ms of CPU (its SSL context), which would stall
@@ -207,15 +217,32 @@ class GroqChatModel:
         yield usage
         yield Finish(reason=finish_reason, request_id=request_id)
 
-    async def complete_json(self, *, messages: list[dict[str, Any]], model: str | None = None) -> str:
-        """Return one whole reply, asked for in JSON mode."""
+    async def complete_json(
+        self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
+    ) -> str:
+        """Return one whole reply, asked for in JSON mode, or shaped by `schema` (structured outputs) when given.
+
+        A reply Groq itself rejects as not fitting (400 `json_validate_failed`)
+        is returned as the text it rejected: the caller validates every answer
+        and may still read it (JSON in prose, a key named differently).
+        """
+        response_format: dict[str, Any] = {"type": "json_object"}
+        if schema is not None:
+            # Best effort (strict false): strict mode is on fewer models, and the caller validates anyway.
+            name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "answer"))[:64]
+            response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
         try:
             completion = await self._client_shared().chat.completions.create(
                 model=model or self.model,
                 messages=messages,
-                response_format={"type": "json_object"},
+                response_format=response_format,
                 temperature=0.2,
             )
+        except groq.BadRequestError as exc:
+            rejected = _failed_generation(exc)
+            if rejected is None:
+                raise _error_from(exc) from exc
+            return rejected
         except (groq.APIError, httpx.HTTPError) as exc:
             raise _error_from(exc) from exc
         # A body that is not a completion (a proxy's page, say) comes back from the SDK as a string.

@@ -177,7 +177,9 @@ class OfflineChatModel:
         yield Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words))
         yield Finish(reason="stop", request_id=None)
 
-    async def complete_json(self, *, messages: list[dict[str, Any]], model: str | None = None) -> str:
-        """Return an extractive summary of the transcript in the last message, as JSON."""
+    async def complete_json(
+        self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
+    ) -> str:
+        """Return an extractive summary of the transcript in the last message, as JSON (whatever `schema` asks)."""
         transcript = str(messages[-1].get("content") or "") if messages else ""
         return json.dumps(_summary_of(transcript))

@@ -70,6 +70,8 @@ class ChatModel(Protocol):
         """Yield the reply as it is produced: text deltas, then tool calls, usage and finish."""
         ...
 
-    async def complete_json(self, *, messages: list[dict[str, Any]], model: str | None = None) -> str:
-        """Return the whole reply to `messages`, asked for as one JSON object."""
+    async def complete_json(
+        self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
+    ) -> str:
+        """Return the whole reply to `messages` as one JSON object, following the JSON Schema `schema` if given."""
         ...

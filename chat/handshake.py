@@ -1,0 +1,137 @@
+"""Check a WebSocket handshake before any consumer runs: the Origin, then the user.
+
+Both wrap the socket routes in `llmbacker.asgi`. Settings are read on every
+handshake, not at import, so tests can change them.
+"""
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.auth import AuthMiddleware
+from channels.security.websocket import WebsocketDenier
+from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.conf import settings
+from django.db import Error as DatabaseError
+from django.http.request import split_domain_port, validate_host
+
+logger = logging.getLogger(__name__)
+
+# The HTTP scheme whose pages may open a socket of each WebSocket scheme.
+PAGE_SCHEME = {"ws": "http", "wss": "https"}
+DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+def header_get(scope: dict[str, Any], name: bytes) -> str | None:
+    """Return the value of a handshake header (the last one sent), or None."""
+    value = None
+    for key, raw in scope.get("headers", []):
+        if key == name:
+            value = raw.decode("latin1")
+    return value
+
+
+def handshake_secure(scope: dict[str, Any]) -> bool:
+    """Return whether the client connected over TLS, by Django's rule for `request.is_secure()`.
+
+    Behind a TLS-terminating proxy the socket reaches daphne as plain `ws`, so
+    SECURE_PROXY_SSL_HEADER (when set and sent) decides, as it does for HTTP.
+    daphne never puts a scheme in a WebSocket scope, so without that header
+    the scheme is ASGI's default, `ws`.
+    """
+    if settings.SECURE_PROXY_SSL_HEADER:
+        meta_name, secure_value = settings.SECURE_PROXY_SSL_HEADER
+        header = meta_name.removeprefix("HTTP_").lower().replace("_", "-").encode("latin1")
+        value = header_get(scope, header)
+        if value is not None:
+            return value.split(",", 1)[0].strip() == secure_value
+    return scope.get("scheme", "ws") == "wss"
+
+
+def allowed_hosts() -> list[str]:
+    """Return ALLOWED_HOSTS, with Django's own fallback when DEBUG is on and it is empty."""
+    if settings.DEBUG and not settings.ALLOWED_HOSTS:
+        return [".localhost", "127.0.0.1", "[::1]"]
+    return settings.ALLOWED_HOSTS
+
+
+def origin_allowed(*, origin: str | None, host: str | None, secure: bool) -> bool:
+    """Return whether a page of `origin` may open this socket (`host`: the handshake's Host header).
+
+    Allowed: an Origin listed exactly in CSRF_TRUSTED_ORIGINS, or the
+    socket's own origin (same scheme family, same host and port as the Host
+    header, and that host in ALLOWED_HOSTS). A missing Origin passes only when
+    ALLOWED_HOSTS holds "*", as with Channels' AllowedHostsOriginValidator:
+    browsers always send one, so only scripts omit it, and they must send an
+    allowed Origin like any page.
+    """
+    hosts = allowed_hosts()
+    if origin is None:
+        return "*" in hosts
+    origin = origin.strip().lower()
+    if origin in {trusted.lower().rstrip("/") for trusted in settings.CSRF_TRUSTED_ORIGINS}:
+        return True
+    parts = urlsplit(origin)
+    try:
+        origin_port = parts.port or DEFAULT_PORT.get(parts.scheme)
+    except ValueError:
+        return False
+    if parts.scheme != PAGE_SCHEME["wss" if secure else "ws"] or not parts.hostname:
+        return False
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return False
+    origin_host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if not validate_host(origin_host, hosts):
+        return False
+    if host is None:
+        # Only an in-process ASGI caller (Channels' test communicator) omits
+        # Host; daphne refuses such a handshake. The port is then unknown.
+        return True
+    domain, port = split_domain_port(host.lower())
+    if not domain:
+        return False
+    return (domain, int(port) if port else DEFAULT_PORT[parts.scheme]) == (origin_host, origin_port)
+
+
+class StrictOriginValidator:
+    """Refuse (HTTP 403) a socket opened from another origin: scheme, host and port all count."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Pass the handshake on when its Origin is allowed; close it before accepting otherwise."""
+        if scope["type"] != "websocket":
+            raise ValueError("StrictOriginValidator only guards WebSocket connections")
+        allowed = origin_allowed(
+            origin=header_get(scope, b"origin"), host=header_get(scope, b"host"), secure=handshake_secure(scope)
+        )
+        if allowed:
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier.as_asgi()(scope, receive, send)
+
+
+class DatabaseTolerantAuthMiddleware(AuthMiddleware):
+    """Channels' AuthMiddleware, except that a database failure does not fail the handshake.
+
+    Resolving the user reads the session and the user from the database. When
+    that fails (PostgreSQL down), the caller becomes anonymous and
+    `scope["auth_unavailable"]` is set, so the consumer can accept, say what
+    happened and close with 4500, instead of daphne answering a bare HTTP 500.
+    """
+
+    async def resolve_scope(self, scope: dict[str, Any]) -> None:
+        """Resolve `scope["user"]`; on a database error make it anonymous and flag the scope."""
+        try:
+            await super().resolve_scope(scope)
+        except DatabaseError as exc:
+            from django.contrib.auth.models import AnonymousUser
+
+            logger.warning("could not resolve the user of a socket handshake on %s: %s", scope.get("path"), exc)
+            scope["user"] = AnonymousUser()
+            scope["auth_unavailable"] = True
+
+
+def auth_middleware_stack(inner: Any) -> CookieMiddleware:
+    """Wrap `inner` in cookies, the Django session and a user that survives a database failure."""
+    return CookieMiddleware(SessionMiddleware(DatabaseTolerantAuthMiddleware(inner)))
