@@ -35,6 +35,10 @@ bench: install
 bench-admin: install
 	$(BIN)/python -m tests.bench_admin $(BENCH_ARGS)
 
+.PHONY: bench-load
+bench-load: install
+	$(BIN)/python -m tests.bench_load $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

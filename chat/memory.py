@@ -51,7 +51,8 @@ async def earlier_extend(*, model: ChatModel, earlier: str, dropped: list[Event]
         text = data.get("summary") or data.get("text") if isinstance(data, dict) else None
         if isinstance(text, str) and text.strip():
             return text.strip()[:EARLIER_MAX_CHARS]
-        logger.warning("the rolling summary came back without text: %.200s", raw)
+        # Not the answer itself: it retells the visitor's conversation.
+        logger.warning("the rolling summary came back without text (%d characters)", len(raw))
     except (LLMError, ValueError) as exc:
         logger.warning("could not extend the rolling summary: %s", exc)
     return _extractive(earlier=earlier, dropped=dropped)

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from uuid import UUID
 
 from channels.db import database_sync_to_async
@@ -14,6 +15,19 @@ logger = logging.getLogger(__name__)
 socket_leases_renew = database_sync_to_async(audit_services.socket_leases_renew)
 
 RENEW_BATCH = 500
+# Without a broker there is no beat: the process that holds sockets sweeps this often.
+LOCAL_SWEEP_SECONDS = 60.0
+
+
+@database_sync_to_async
+def sweep_queue_locally() -> bool:
+    """Run beat's session sweep on the in-process task thread when there is no broker; return whether it was queued."""
+    from audit.tasks import sessions_sweep, task_send
+
+    if not sessions_sweep.app.conf.task_always_eager:
+        return False  # beat sends it to a worker
+    task_send(sessions_sweep)
+    return True
 
 
 class Presence:
@@ -22,7 +36,9 @@ class Presence:
     One UPDATE per RENEW_BATCH sockets per renewal, not a timer per socket. A
     socket leaves the set as soon as its consumer ends, whatever ended it, so
     its lease then runs out by itself even when its database cleanup failed;
-    and when the process dies, all of its leases run out.
+    and when the process dies, all of its leases run out. On the embedded
+    default (no broker, so no beat) the same loop runs the session sweep
+    every LOCAL_SWEEP_SECONDS, in process.
     """
 
     def __init__(self) -> None:
@@ -41,10 +57,17 @@ class Presence:
         self.leases.discard(lease_id)
 
     async def _renew_forever(self) -> None:
-        """Renew the live leases until none is left."""
+        """Renew the live leases until none is left; sweep now and then when there is no beat."""
+        swept_at = time.monotonic()
         while self.leases:
             await asyncio.sleep(settings.CHAT_SOCKET_LEASE_SECONDS / 3)
             await self.renew()
+            if time.monotonic() - swept_at >= LOCAL_SWEEP_SECONDS:
+                swept_at = time.monotonic()
+                try:
+                    await sweep_queue_locally()
+                except Exception:
+                    logger.warning("could not queue the session sweep", exc_info=True)
 
     async def renew(self) -> int:
         """Renew every live lease now; return how many rows were renewed."""

@@ -262,3 +262,29 @@ async def test_leases_are_renewed_while_the_socket_is_open(avisitor, settings):
     [after] = await leases_of(client.session_id)
     assert after.expires_at > before.expires_at and after.expires_at > timezone.now()
     await client.close()
+
+
+async def test_without_a_broker_the_process_holding_sockets_runs_the_sweep(avisitor, settings, monkeypatch):
+    """The embedded default has no beat: a session a crash left open is still ended."""
+    from chat import presence as presence_module
+
+    settings.CHAT_SOCKET_LEASE_SECONDS = 0.3
+    monkeypatch.setattr(presence_module, "LOCAL_SWEEP_SECONDS", 0.2)
+
+    @sync_to_async
+    def crashed_session() -> ChatSession:
+        session = ChatSession.objects.create(anon_key="gone", model="m")
+        audit_services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="cut off")
+        ChatSession.objects.filter(pk=session.pk).update(last_activity_at=timezone.now() - timedelta(minutes=5))
+        return session
+
+    crashed = await crashed_session()
+    client = ChatClient(await avisitor())
+    await client.connect()
+    for _ in range(50):
+        if (await session_of(crashed.id)).status == SessionStatus.ENDED:
+            break
+        await asyncio.sleep(0.1)
+    assert (await session_of(crashed.id)).status == SessionStatus.ENDED
+    assert (await session_of(client.session_id)).status == SessionStatus.ACTIVE
+    await client.close()
