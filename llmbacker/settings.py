@@ -240,12 +240,18 @@ CHAT_MAX_SOCKETS_PER_ADDRESS = env.int("CHAT_MAX_SOCKETS_PER_ADDRESS", default=2
 # How long a reply or a socket's leave keeps retrying while the database is away.
 CHAT_DB_RETRY_SECONDS = env.float("CHAT_DB_RETRY_SECONDS", default=15.0)
 
+# One handler, on the root logger: daphne's own logging setup then adds none
+# (every line was printed twice), and Celery's worker replaces it with its own.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)-8s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-        "audit": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "chat": {"level": env.str("LOG_LEVEL", default="INFO")},
+        "audit": {"level": env.str("LOG_LEVEL", default="INFO")},
+        # Where daphne listens, and its warnings.
+        "daphne": {"level": "INFO"},
     },
 }
