@@ -1,6 +1,7 @@
 """Groq through the official SDK: the only module that imports `groq`."""
 
 import asyncio
+import contextlib
 import re
 import weakref
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from typing import Any
 import groq
 import httpx
 
+from .sse import StreamErrorEvent, sse_chunks
 from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
 
 
@@ -32,21 +34,21 @@ class ToolCallMerger:
         self._calls: list[_PendingCall] = []
         self._by_index: dict[int, _PendingCall] = {}
 
-    def add(self, delta: Any) -> None:
-        """Fold one `delta.tool_calls` entry into the calls."""
-        function = delta.function
-        current = self._by_index.get(delta.index)
-        if current is None or (delta.id and current.call_id and delta.id != current.call_id):
-            current = _PendingCall(call_id=delta.id or "", name="", arguments="")
+    def add(self, delta: dict[str, Any]) -> None:
+        """Fold one entry of a chunk's `delta.tool_calls` into the calls."""
+        function = delta.get("function") or {}
+        index, call_id = delta.get("index", 0), delta.get("id")
+        current = self._by_index.get(index)
+        if current is None or (call_id and current.call_id and call_id != current.call_id):
+            current = _PendingCall(call_id=call_id or "", name="", arguments="")
             self._calls.append(current)
-            self._by_index[delta.index] = current
-        elif delta.id and not current.call_id:
-            current.call_id = delta.id
-        if function is not None:
-            if function.name and not current.name:
-                current.name = function.name
-            if function.arguments:
-                current.arguments += function.arguments
+            self._by_index[index] = current
+        elif call_id and not current.call_id:
+            current.call_id = call_id
+        if function.get("name") and not current.name:
+            current.name = function["name"]
+        if function.get("arguments"):
+            current.arguments += function["arguments"]
 
     def calls(self) -> list[ToolCall]:
         """Return the merged calls in the order they started."""
@@ -56,13 +58,17 @@ class ToolCallMerger:
         ]
 
 
-def _usage_from(raw: Any) -> Usage:
+def _usage_from(raw: dict[str, Any]) -> Usage:
     timings = {
         name: float(value)
         for name in ("queue_time", "prompt_time", "completion_time", "total_time")
-        if (value := getattr(raw, name, None)) is not None
+        if isinstance(value := raw.get(name), int | float)
     }
-    return Usage(prompt_tokens=raw.prompt_tokens or 0, completion_tokens=raw.completion_tokens or 0, timings=timings)
+    return Usage(
+        prompt_tokens=raw.get("prompt_tokens") or 0,
+        completion_tokens=raw.get("completion_tokens") or 0,
+        timings=timings,
+    )
 
 
 def _error_from(exc: Exception) -> LLMError:
@@ -173,15 +179,19 @@ class GroqChatModel:
         client = self._client_shared()
         loop = asyncio.get_running_loop()
         try:
-            first_deadline = loop.time() + self.first_token_timeout
-            try:
-                # The first-token budget also covers the wait for the answer to start.
-                async with asyncio.timeout_at(first_deadline):
-                    stream = await client.chat.completions.create(**options)
-            except TimeoutError:
-                raise LLMError("llm_unavailable", "The model service took too long to send the first token.") from None
-            async with stream:
-                chunks = aiter(stream)
+            async with contextlib.AsyncExitStack() as stack:
+                first_deadline = loop.time() + self.first_token_timeout
+                try:
+                    # The first-token budget also covers the wait for the answer to start.
+                    async with asyncio.timeout_at(first_deadline):
+                        response = await stack.enter_async_context(
+                            client.chat.completions.with_streaming_response.create(**options)
+                        )
+                except TimeoutError:
+                    raise LLMError(
+                        "llm_unavailable", "The model service took too long to send the first token."
+                    ) from None
+                chunks = aiter(sse_chunks(response.iter_lines()))
                 answered = False
                 while True:
                     # Until the first text or tool call: what is left of the first-token
@@ -195,23 +205,29 @@ class GroqChatModel:
                     except TimeoutError:
                         what = "the next token" if answered else "the first token"
                         raise LLMError("llm_unavailable", f"The model service took too long to send {what}.") from None
-                    if chunk.x_groq is not None:
-                        request_id = chunk.x_groq.id or request_id
-                        if chunk.x_groq.usage is not None:
-                            usage = _usage_from(chunk.x_groq.usage)
-                    if not chunk.choices:
+                    x_groq = chunk.get("x_groq")
+                    if isinstance(x_groq, dict):
+                        request_id = x_groq.get("id") or request_id
+                        if isinstance(x_groq.get("usage"), dict):
+                            usage = _usage_from(x_groq["usage"])
+                    choices = chunk.get("choices")
+                    if not choices:
                         continue
-                    choice = chunk.choices[0]
-                    if choice.delta.content:
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
                         answered = True
-                        yield TextDelta(choice.delta.content)
-                    for delta in choice.delta.tool_calls or ():
+                        yield TextDelta(delta["content"])
+                    for call_delta in delta.get("tool_calls") or ():
                         answered = True
-                        merger.add(delta)
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
+                        merger.add(call_delta)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
         except (groq.APIError, httpx.HTTPError) as exc:
             raise _error_from(exc) from exc
+        except (StreamErrorEvent, ValueError) as exc:
+            # An error event mid-stream, or a chunk that is not JSON.
+            raise LLMError("llm_unavailable", "The model service failed mid-reply.") from exc
         for call in merger.calls():
             yield call
         yield usage
