@@ -92,13 +92,22 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-# Persistent connections: the sockets' database calls share one thread per
-# process, and opening a PostgreSQL connection per call cost ~23% of CPU under
-# load. A connection broken by a database restart is dropped after its first
-# failed query (the chat's writes retry, see CHAT_DB_RETRY_SECONDS); health
-# checks add a `SELECT 1` to every call, so they are off unless asked for.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=False)
+# Opening a PostgreSQL connection per database call cost ~23% of CPU under
+# load. Persistent connections (CONN_MAX_AGE) do not fit ASGI: every HTTP
+# request runs in a thread of its own, which kept its connection until it was
+# collected, and page loads ran PostgreSQL out of connections. A pool per
+# process (psycopg's, through Django) lends connections to whichever thread
+# asks; health checks hand out only live ones, so a database restart costs no
+# failed request.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env.int("DATABASE_POOL_SIZE", default=10),
+        # A call waits this long for a free connection before failing.
+        "timeout": 10,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads write at once (sockets, the in-process task thread).
     # IMMEDIATE takes the write lock when a transaction begins, so a writer

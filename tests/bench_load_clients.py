@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 COOKIE_NAME = "sessionid"  # Django's SESSION_COOKIE_NAME, which the project leaves as is
 MESSAGE = "Tell me a short story."
+COOKIE_CONCURRENCY = 20  # page loads at once, per client process
 
 
 def nofile_raise() -> None:
@@ -120,7 +121,7 @@ class Fleet:
             return 0
         # The client's own jar refuses every cookie, so that the visitors' cookies stay apart.
         jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        limit = asyncio.Semaphore(20)
+        limit = asyncio.Semaphore(COOKIE_CONCURRENCY)
         async with httpx.AsyncClient(base_url=self.base_url, cookies=jar, trust_env=False, timeout=60) as client:
 
             async def one(index: int) -> None:
