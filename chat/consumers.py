@@ -7,11 +7,11 @@ import time
 from typing import Any
 from uuid import UUID, uuid4
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import limits, services
+from .database import database_async
 from .presence import presence
 from .protocol import FrameError, frame_parse
 from .retry import database_retry
@@ -26,9 +26,9 @@ CLOSE_TOO_MANY = 4429
 # application close only with 1000 or 3000-4999, and raises on anything else.
 CLOSE_SERVER_ERROR = 4500
 
-session_join = database_sync_to_async(services.session_join)
-socket_leave = database_sync_to_async(services.socket_leave)
-turn_claim = database_sync_to_async(services.turn_claim)
+session_join = database_async(services.session_join)
+socket_leave = database_async(services.socket_leave)
+turn_claim = database_async(services.turn_claim)
 
 # A channel layer that does not answer within this is skipped when leaving.
 LAYER_TIMEOUT_SECONDS = 5.0
@@ -135,7 +135,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         """
         session = self.scope["session"]
         if not session.session_key:
-            await database_sync_to_async(session.save)()
+            await database_async(session.save)()
         return session.session_key
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

@@ -5,21 +5,22 @@ import logging
 import time
 from uuid import UUID
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from audit import services as audit_services
 
+from .database import database_async
+
 logger = logging.getLogger(__name__)
 
-socket_leases_renew = database_sync_to_async(audit_services.socket_leases_renew)
+socket_leases_renew = database_async(audit_services.socket_leases_renew)
 
 RENEW_BATCH = 500
 # Without a broker there is no beat: the process that holds sockets sweeps this often.
 LOCAL_SWEEP_SECONDS = 60.0
 
 
-@database_sync_to_async
+@database_async
 def sweep_queue_locally() -> bool:
     """Run beat's session sweep on the in-process task thread when there is no broker; return whether it was queued."""
     from audit.tasks import sessions_sweep, task_send

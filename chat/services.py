@@ -36,11 +36,13 @@ def _sockets_check(*, visitor: str, address: str) -> None:
     handshakes at the same instant may both pass: the limit is a fence
     against floods, not an exact quota.
     """
-    per_visitor = settings.CHAT_MAX_SOCKETS_PER_VISITOR
-    if per_visitor > 0 and services.sockets_live_count(visitor=visitor) >= per_visitor:
+    per_visitor, per_address = settings.CHAT_MAX_SOCKETS_PER_VISITOR, settings.CHAT_MAX_SOCKETS_PER_ADDRESS
+    if per_visitor <= 0 and per_address <= 0:
+        return
+    by_visitor, by_address = services.sockets_live_count(visitor=visitor, address=address if per_address > 0 else "")
+    if 0 < per_visitor <= by_visitor:
         raise SocketLimitReached(f"At most {per_visitor} chat sockets may be open at once; close one first.")
-    per_address = settings.CHAT_MAX_SOCKETS_PER_ADDRESS
-    if per_address > 0 and address and services.sockets_live_count(address=address) >= per_address:
+    if 0 < per_address <= by_address:
         raise SocketLimitReached(f"Too many chat sockets are open from this address (at most {per_address}).")
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from audit import selectors
@@ -24,6 +23,7 @@ from audit import services as audit_services
 from audit.models import EventType
 
 from .context import last_turn_used_tools, messages_build, tokens_estimate, window_cut
+from .database import database_async
 from .limits import token_budget_charge
 from .llm import LLMError, TextDelta, ToolCall, Usage, chat_model_get
 from .llm.types import ChatModel, Finish
@@ -46,11 +46,26 @@ CUT_SHORT = {
     "content_filter": ("llm_content_filter", "The reply was stopped by the model's content filter."),
 }
 
-event_record = database_sync_to_async(audit_services.event_record)
-turn_release = database_sync_to_async(audit_services.turn_release)
-session_events = database_sync_to_async(selectors.session_events)
-session_turn_state = database_sync_to_async(selectors.session_turn_state)
-context_summary_save = database_sync_to_async(audit_services.context_summary_save)
+event_record = database_async(audit_services.event_record)
+turn_release = database_async(audit_services.turn_release)
+session_events = database_async(selectors.session_events)
+session_turn_state = database_async(selectors.session_turn_state)
+context_summary_save = database_async(audit_services.context_summary_save)
+
+
+async def _event_record_whole(**kwargs: Any) -> None:
+    """Record an event; a cancel landing meanwhile waits for the write to end before it goes on.
+
+    The write runs in a database thread, which a cancel does not stop: the
+    turn's later writes (its reply) must not overtake it, or the events would
+    be out of order. The cancel is raised again once the write has ended.
+    """
+    write = asyncio.ensure_future(event_record(**kwargs))
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await asyncio.wait([write])
+        raise
 
 
 @dataclass
@@ -135,7 +150,7 @@ async def _tools_round(
     for call in calls:
         frame = _tool_call_frame(call)
         await emit(frame)
-        await event_record(
+        await _event_record_whole(
             session_id=context.session_id,
             type=EventType.TOOL_CALL,
             content=call.name,
@@ -144,7 +159,7 @@ async def _tools_round(
     outcomes = await asyncio.gather(*(tool_run(name=c.name, arguments=c.arguments, context=context) for c in calls))
     for call, outcome in zip(calls, outcomes, strict=True):
         await emit(_tool_result_frame(call, outcome))
-        await event_record(
+        await _event_record_whole(
             session_id=context.session_id,
             type=EventType.TOOL_RESULT,
             content=call.name,
@@ -319,10 +334,18 @@ async def turn_run(
     outcome: dict[str, Any] = {"stopped": False, "stop_reason": None}
     error: LLMError | None = None
     try:
-        await event_record(
-            session_id=session_id, type=EventType.USER_MESSAGE, content=content, data={"turn_id": reply.turn_id}
+        recording = asyncio.ensure_future(
+            event_record(
+                session_id=session_id, type=EventType.USER_MESSAGE, content=content, data={"turn_id": reply.turn_id}
+            )
         )
-        reply.user_recorded = True
+        try:
+            await asyncio.shield(recording)
+        finally:
+            if not recording.done():
+                # Cancelled meanwhile: the write goes on in its thread; the reply is recorded after it.
+                await asyncio.wait([recording])
+            reply.user_recorded = not recording.cancelled() and recording.exception() is None
         if turn is not None and turn.cancel_reason:
             raise asyncio.CancelledError(turn.cancel_reason)
         await _converse(session_id=session_id, content=content, model=model, reply=reply, emit=emit)

@@ -80,10 +80,12 @@ def database_quiet_before_flush(request) -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def database_sync_thread_closed(django_db_setup) -> Iterator[None]:
-    """Close the persistent connections of the thread that runs `database_sync_to_async` calls.
+    """Give back the connection of asgiref's shared thread before the test database is dropped.
 
-    Connections persist (CONN_MAX_AGE), and that thread outlives the tests:
-    its open connection would keep PostgreSQL from dropping the test database.
+    Tests read the database with plain `sync_to_async`, which runs on that
+    thread and, unlike Channels' adapter, never closes its connection; a
+    connection still checked out of the pool would keep PostgreSQL from
+    dropping the test database.
     """
     yield
     from asgiref.sync import SyncToAsync

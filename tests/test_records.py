@@ -186,9 +186,11 @@ def test_the_sweep_closes_the_turn_of_a_crashed_process_with_an_empty_stopped_re
 def test_a_lease_renewed_after_running_out_counts_again_until_the_sweep_deletes_it():
     session = session_with_messages("blip")
     lease_id = lease(session, seconds=-5)
-    assert services.sockets_live_count(visitor="anon:x") == 0
+    assert services.sockets_live_count(visitor="anon:x", address="127.0.0.1") == (0, 0)
     assert services.socket_leases_renew(lease_ids=[lease_id], seconds=30) == 1
-    assert services.sockets_live_count(visitor="anon:x") == 1
+    assert services.sockets_live_count(visitor="anon:x", address="127.0.0.1") == (1, 1)
+    assert services.sockets_live_count(visitor="anon:y", address="127.0.0.1") == (0, 1)
+    assert services.sockets_live_count(visitor="anon:x") == (1, 0)
     SocketLease.objects.filter(pk=lease_id).update(expires_at=timezone.now() - timedelta(hours=2))
     assert sessions_sweep.apply().get()["leases_deleted"] == 1
     assert not SocketLease.objects.filter(pk=lease_id).exists()

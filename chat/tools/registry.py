@@ -19,8 +19,9 @@ from typing import Any, Literal
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from django.conf import settings
+
+from ..database import database_async
 
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -45,7 +46,7 @@ class Tool:
     timeout: float | None = None
     # The parameter that receives the ToolContext, if the tool wants one.
     context_parameter: str | None = None
-    # A sync tool that reads the database runs through database_sync_to_async.
+    # A sync tool that reads the database runs through database_async.
     database: bool = False
 
     def schema(self) -> dict[str, Any]:
@@ -233,7 +234,7 @@ async def tool_run(*, name: str, arguments: str, context: ToolContext | None = N
     if inspect.iscoroutinefunction(entry.function):
         call = entry.function
     elif entry.database:
-        call = database_sync_to_async(entry.function)
+        call = database_async(entry.function)
     else:
         # Off the thread the database calls share: a slow tool must not hold it.
         call = sync_to_async(entry.function, thread_sensitive=False)
