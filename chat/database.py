@@ -1,68 +1,86 @@
-"""How the async side reaches the database: ORM functions run on a pool of threads.
+"""How the async side reaches the database: ORM functions on one thread that keeps its connection.
 
-Channels' `database_sync_to_async` runs every call of the process on one
-shared thread. Under a burst of handshakes and turns that thread was the
-bottleneck: a third of its time went to waiting on PostgreSQL's answers, one
-socket's query after another. Here calls run on CHAT_DB_THREADS threads, so
-the waits overlap; each borrows a connection from the process's pool for the
-call and gives it back (see the DATABASES note in settings). A call closes stale
-connections before and after it, as Channels' adapter does.
+Calls run where Channels' `database_sync_to_async` runs them, on asgiref's
+one shared thread. Spreading them over several threads was measured with
+`make bench-load`: the waits on PostgreSQL overlapped, but the threads'
+contention for the interpreter cost more CPU than that saved (1,000 sockets:
+~5 ms of CPU per handshake against ~3.5 ms). The thread keeps its
+connection, borrowed from the process's pool, between calls, since borrowing
+one per call (with its health check) also cost more than the calls it served;
+a connection that broke (a database restart) fails one query, which the
+chat's writes retry, and is replaced before the next call.
 """
 
 import functools
-import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import SyncToAsync
-from django.conf import settings
-from django.db import close_old_connections
+from django.db import OperationalError, connection, connections
+
+# After a call could not reach the database, calls fail at once for this long.
+DOWN_FAIL_FAST_SECONDS = 5.0
 
 
-class DatabaseThreads(Executor):
-    """The threads database calls run on, started on first use (settings are not read at import)."""
+class DatabaseDown:
+    """When the database was last found unreachable, so calls meanwhile fail fast.
 
-    def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+    All calls share one thread, and with the database down each waits the
+    pool's timeout for a connection: a burst of retried writes would hold the
+    thread for many seconds, and the handshakes queued behind them (their
+    user lookup runs on the same thread) would miss daphne's 5 s deadline.
+    """
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        if self._executor is None:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        max_workers=settings.CHAT_DB_THREADS, thread_name_prefix="database"
-                    )
-        return self._executor.submit(fn, *args, **kwargs)
+    until = 0.0
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+    @classmethod
+    def check(cls) -> None:
+        """Raise OperationalError at once while the database is known to be down."""
+        if time.monotonic() < cls.until:
+            raise OperationalError("the database is unreachable; not trying again for a few seconds")
 
-
-database_threads = DatabaseThreads()
+    @classmethod
+    def note(cls) -> None:
+        """Remember that a call could not get a connection."""
+        if connection.connection is None:
+            cls.until = time.monotonic() + DOWN_FAIL_FAST_SECONDS
 
 
-def _connections_closed_around(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap `func` so stale connections are closed (given back to the pool) before and after it.
+def _connections_checked() -> None:
+    """Drop this thread's connections that failed since their last use; keep the healthy ones."""
+    for wrapper in connections.all(initialized_only=True):
+        if wrapper.connection is None:
+            continue
+        if wrapper.in_atomic_block or not wrapper.get_autocommit():
+            wrapper.close()  # left mid-transaction: never reuse it
+        elif wrapper.errors_occurred:
+            if wrapper.is_usable():
+                wrapper.errors_occurred = False
+            else:
+                wrapper.close()
 
-    Inside the call, not around it as Channels' adapter does: asgiref runs the
-    function in a copied context whose connections the thread outside it
-    does not see, so a close there left every connection checked out.
+
+def _connection_checked_first(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap `func` to check the thread's connections first, inside the call's context where they live.
+
+    Not around the call, as Channels' adapter does: asgiref runs the function
+    in a copied context whose connections the code outside it does not see.
     """
 
     @functools.wraps(func)
     def call(*args: Any, **kwargs: Any) -> Any:
-        close_old_connections()
+        DatabaseDown.check()
+        _connections_checked()
         try:
             return func(*args, **kwargs)
-        finally:
-            close_old_connections()
+        except OperationalError:
+            DatabaseDown.note()
+            raise
 
     return call
 
 
 def database_async(func: Callable[..., Any]) -> SyncToAsync:
-    """Return the async twin of a sync ORM function, run on the database threads."""
-    return SyncToAsync(_connections_closed_around(func), thread_sensitive=False, executor=database_threads)
+    """Return the async twin of a sync ORM function, run on the database thread."""
+    return SyncToAsync(_connection_checked_first(func), thread_sensitive=True)

@@ -108,7 +108,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A call waits this long for a connection before failing. Short: with
         # the database down, a handshake's user lookup waits this long, and
         # daphne gives a handshake 5 s.
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=3.0),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=2.0),
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads write at once (sockets, the in-process task thread).
@@ -248,8 +248,6 @@ CHAT_REDACT_PII = env.bool("CHAT_REDACT_PII", default=False)
 CHAT_SOCKET_LEASE_SECONDS = env.float("CHAT_SOCKET_LEASE_SECONDS", default=30.0)
 CHAT_MAX_SOCKETS_PER_VISITOR = env.int("CHAT_MAX_SOCKETS_PER_VISITOR", default=20)
 CHAT_MAX_SOCKETS_PER_ADDRESS = env.int("CHAT_MAX_SOCKETS_PER_ADDRESS", default=200)
-# Threads the sockets' database calls run on (each borrows a pooled connection per call).
-CHAT_DB_THREADS = env.int("CHAT_DB_THREADS", default=8)
 # How long a reply or a socket's leave keeps retrying while the database is away.
 CHAT_DB_RETRY_SECONDS = env.float("CHAT_DB_RETRY_SECONDS", default=15.0)
 

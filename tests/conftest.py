@@ -80,10 +80,10 @@ def database_quiet_before_flush(request) -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def database_sync_thread_closed(django_db_setup) -> Iterator[None]:
-    """Give back the connection of asgiref's shared thread before the test database is dropped.
+    """Give back the connection asgiref's shared thread keeps before the test database is dropped.
 
-    Tests read the database with plain `sync_to_async`, which runs on that
-    thread and, unlike Channels' adapter, never closes its connection; a
+    The chat's database calls and the tests' plain `sync_to_async` reads run
+    on asgiref's shared thread, which keeps its connection between calls; a
     connection still checked out of the pool would keep PostgreSQL from
     dropping the test database.
     """

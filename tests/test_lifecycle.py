@@ -1,6 +1,7 @@
 """Sessions that always end, turns that are always released, limits that span sockets: through the real ASGI app."""
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -288,3 +289,21 @@ async def test_without_a_broker_the_process_holding_sockets_runs_the_sweep(avisi
     assert (await session_of(crashed.id)).status == SessionStatus.ENDED
     assert (await session_of(client.session_id)).status == SessionStatus.ACTIVE
     await client.close()
+
+
+async def test_calls_fail_at_once_for_a_moment_after_the_database_was_found_down(monkeypatch):
+    """With the database down each call would wait the pool's timeout, holding the thread all sockets share."""
+    from django.db import OperationalError as DatabaseError
+
+    from chat.database import DatabaseDown, database_async
+
+    calls: list[str] = []
+    probe = database_async(lambda: calls.append("ran"))
+    monkeypatch.setattr(DatabaseDown, "until", 0.0)
+    await probe()
+    monkeypatch.setattr(DatabaseDown, "until", time.monotonic() + 60)
+    with pytest.raises(DatabaseError, match="unreachable"):
+        await probe()
+    monkeypatch.setattr(DatabaseDown, "until", time.monotonic() - 1)
+    await probe()
+    assert calls == ["ran", "ran"]
