@@ -1,7 +1,7 @@
 """Writes to the audit record. Every change to a session or its events goes through here."""
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -116,6 +116,28 @@ _COUNTERS: dict[str, dict[str, int]] = {
 PROVISIONAL_TITLE_CHARS = 60
 
 
+def _storable(value: Any) -> Any:
+    """Return `value` with what PostgreSQL cannot store removed from its strings.
+
+    NUL and unpaired surrogates: client input is refused before it gets here,
+    but a model's text or tool arguments may carry them, and the write
+    failing would lose the whole reply.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
+
+
 def _title_from(message: str) -> str:
     """A provisional title: the message on one line, cut at a word near PROVISIONAL_TITLE_CHARS."""
     line = " ".join(message.split())
@@ -139,7 +161,7 @@ def event_record(
     already recorded for the same `data["turn_id"]` is returned instead of
     recorded twice.
     """
-    data = data or {}
+    content, data = _storable(content), _storable(data or {})
     if retrying and data.get("turn_id"):
         recorded = Event.objects.filter(session_id=session_id, type=type, data__turn_id=data["turn_id"]).first()
         if recorded is not None:
@@ -218,7 +240,7 @@ def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta) -> b
 ORPHAN_STOP_REASON = "server_lost"
 
 
-def turn_orphan_close(*, session_id: UUID) -> bool:
+def turn_orphan_close(*, session_id: UUID, stop_reason: str = ORPHAN_STOP_REASON) -> bool:
     """Record the reply of a turn whose process died before recording it; return whether one was missing.
 
     Nothing of what the model produced survived, so the reply is empty and
@@ -234,13 +256,20 @@ def turn_orphan_close(*, session_id: UUID) -> bool:
     event_record(
         session_id=session_id,
         type=EventType.ASSISTANT_MESSAGE,
-        data={"turn_id": asked.data.get("turn_id"), "stopped": True, "stop_reason": ORPHAN_STOP_REASON},
+        data={"turn_id": asked.data.get("turn_id"), "stopped": True, "stop_reason": stop_reason},
     )
     return True
 
 
-def turn_release(*, session_id: UUID, lease_id: UUID) -> None:
-    """Mark the session's turn as over, unless another socket has taken the claim over since."""
+@transaction.atomic
+def turn_release(*, session_id: UUID, lease_id: UUID, reply_missing: bool = False) -> None:
+    """Mark the session's turn as over, unless another socket has taken the claim over since.
+
+    `reply_missing`: the turn's reply could not be recorded; an empty one,
+    marked `not_recorded`, takes its place in the same transaction.
+    """
+    if reply_missing:
+        turn_orphan_close(session_id=session_id, stop_reason="not_recorded")
     ChatSession.objects.filter(pk=session_id, turn_lease=lease_id).update(turn_started_at=None, turn_lease=None)
 
 
@@ -284,22 +313,26 @@ def summary_queue(*, session_id: UUID) -> None:
 
 
 def sessions_end_abandoned(*, grace: timedelta) -> int:
-    """End every active session that has had no live socket for `grace` (its sockets vanished uncleanly)."""
+    """End every active session that has had no live socket for `grace` (its sockets vanished uncleanly).
+
+    A lease counts until `grace` after it ran out: a process that could not
+    renew for a while (the database was away) keeps its sessions.
+    """
     cutoff = timezone.now() - grace
-    live = SocketLease.objects.filter(session=OuterRef("pk"), expires_at__gt=timezone.now())
+    live = SocketLease.objects.filter(session=OuterRef("pk"), expires_at__gt=cutoff)
     abandoned = ChatSession.objects.filter(status=SessionStatus.ACTIVE, last_activity_at__lt=cutoff).exclude(
         Exists(live)
     )
     session_ids = list(abandoned.values_list("id", flat=True))
-    return sum(_session_end_if_abandoned(session_id=session_id) for session_id in session_ids)
+    return sum(_session_end_if_abandoned(session_id=session_id, cutoff=cutoff) for session_id in session_ids)
 
 
 @transaction.atomic
-def _session_end_if_abandoned(*, session_id: UUID) -> bool:
+def _session_end_if_abandoned(*, session_id: UUID, cutoff: datetime) -> bool:
     """End the session unless a socket joined it since it was found abandoned."""
     if not ChatSession.objects.select_for_update().filter(pk=session_id).exists():
         return False
-    if SocketLease.objects.filter(session_id=session_id, expires_at__gt=timezone.now()).exists():
+    if SocketLease.objects.filter(session_id=session_id, expires_at__gt=cutoff).exists():
         return False
     return session_end(session_id=session_id)
 

@@ -111,7 +111,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.emit(frame)
         try:
             # Only staff watching need this group; the chat goes on without it.
-            await self.channel_layer.group_add(session_group(session_id), self.channel_name)
+            await asyncio.wait_for(
+                self.channel_layer.group_add(session_group(session_id), self.channel_name),
+                timeout=LAYER_TIMEOUT_SECONDS,
+            )
         except Exception:
             logger.warning("could not join the group of session %s", session_id, exc_info=True)
         # Staff already watching learn of this socket at their next renewal.
@@ -201,7 +204,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await asyncio.shield(self._leaving)
 
     async def _session_leave(self) -> None:
-        """Stop renewing the lease, end the turn, drop the lease (ending the session if last), leave the group.
+        """End the turn, stop renewing the lease, drop it (ending the session if last), leave the group.
 
         Each step stands alone: a database or channel layer that is down does
         not keep the others from running, and a lease that could not be
@@ -209,10 +212,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
         """
         if self.session_id is None:
             return
-        presence.discard(self.lease_id)
         if self.turn is not None:
             self.turn.cancel(CLIENT_GONE)
             await self.turn.wait()
+        # Renewed until the turn has ended: a reply still retrying its write
+        # keeps its claim from being taken over.
+        presence.discard(self.lease_id)
         try:
             await database_retry(
                 socket_leave, what="leave the session", session_id=self.session_id, lease_id=self.lease_id

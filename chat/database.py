@@ -20,7 +20,7 @@ from asgiref.sync import SyncToAsync
 from django.db import OperationalError, connection, connections
 
 # After a call could not reach the database, calls fail at once for this long.
-DOWN_FAIL_FAST_SECONDS = 5.0
+DOWN_FAIL_FAST_SECONDS = 2.0
 
 
 class DatabaseDown:

@@ -10,6 +10,8 @@ from uuid import UUID
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from .database import DatabaseDown
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -47,6 +49,8 @@ async def database_retry(
         try:
             result = await call(session_id=session_id, **kwargs)
         except TRANSIENT as exc:
+            # A try inside the fail-fast window is not a real one: wait the window out.
+            delay = max(delay, DatabaseDown.until - time.monotonic())
             if time.monotonic() + delay > deadline:
                 logger.error("could not %s for session %s after %d tries: %s", what, session_id, tries, exc)
                 raise

@@ -76,6 +76,9 @@ class Reply:
     # Whether the user's message is in the record; a turn whose message is not
     # (the database was away) records nothing else either.
     user_recorded: bool = False
+    # Whether the assistant's reply is in the record; when it is not, releasing the
+    # turn records an empty one in its place, so the user message is never left unanswered.
+    recorded: bool = False
     started: float = field(default_factory=time.monotonic)
     parts: list[str] = field(default_factory=list)
     ttft_ms: int | None = None
@@ -308,6 +311,9 @@ class Turn:
         """Cancel the reply with a reason (STOP or CLIENT_GONE); return whether it was cancelled."""
         if self.finishing or self.task.done():
             return False
+        if self.cancel_reason is not None:
+            # Cancelled already: a second cancel would cut short the waits of its cleanup.
+            return True
         self.cancel_reason = reason
         if self.started:
             self.task.cancel(reason)
@@ -379,7 +385,13 @@ async def turn_run(
         )
     finally:
         try:
-            await database_retry(turn_release, what="release the turn", session_id=session_id, lease_id=lease_id)
+            await database_retry(
+                turn_release,
+                what="release the turn",
+                session_id=session_id,
+                lease_id=lease_id,
+                reply_missing=reply.user_recorded and not reply.recorded,
+            )
         except Exception:
             # The claim stays with this socket, which may claim again; another
             # socket gets it once this one's lease runs out.
@@ -426,6 +438,7 @@ async def _turn_finish(
         return
     try:
         await _reply_record(session_id=session_id, model=model, reply=reply, outcome=outcome)
+        reply.recorded = True
         if error is not None:
             await database_retry(
                 event_record,

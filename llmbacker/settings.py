@@ -145,7 +145,9 @@ REDIS_URL = env.str("REDIS_URL", default="")
 
 # Connections to Redis one process's channel layer may open at once. redis-py's
 # default of 100 ran out on a burst of closing sockets (MaxConnectionsError).
-REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=2000)
+# The layer and the limits each have a pool this size: keep processes x 2 x this
+# under Redis's maxclients (10,000 by default).
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=1000)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {

@@ -287,7 +287,9 @@ async def test_daphne_killed_mid_reply_leaves_no_stuck_turn_and_no_open_session(
     await back.send({"type": "message", "content": "are you back?"})
     assert text_of(await back.until("done")) == "You said: are you back?"
     await back.socket.close()
-    # Nobody comes back to the other: the sweep ends it.
+    # Nobody comes back to the other: the sweep ends it once its lease has
+    # been out for a lease length (a process that only stalled keeps its sessions).
+    await asyncio.sleep(LEASE_SECONDS + 0.5)
     swept = stack.run_python(
         "from audit.tasks import local_tasks, sessions_sweep\n"
         "print(sessions_sweep())\n"

@@ -7,7 +7,16 @@ import pytest
 from chat.llm import Finish, LLMError, TextDelta, ToolCall, Usage
 from chat.llm.groq_client import GroqChatModel
 
-from .fake_groq import cut_reply, error_event_reply, status_reply, text_reply, tool_calls_reply
+from .fake_groq import (
+    chunk_events,
+    content_deltas,
+    cut_reply,
+    error_event_reply,
+    status_reply,
+    streamed,
+    text_reply,
+    tool_calls_reply,
+)
 
 
 @pytest.fixture
@@ -189,3 +198,28 @@ async def test_a_server_slow_to_answer_at_all_counts_against_the_first_token(fak
     with pytest.raises(LLMError) as caught:
         await collect(model)
     assert "first token" in caught.value.message
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_ends_before_done_mid_reply_is_unavailable(model, fake_groq_server):
+    """A proxy closing the stream cleanly mid-reply: no finish reason, no [DONE], so the reply is not whole."""
+    fake_groq_server.enqueue(
+        streamed("ended", lambda exchange: chunk_events(exchange, content_deltas("half an answer")), ending="end")
+    )
+    with pytest.raises(LLMError) as caught:
+        await collect(model)
+    assert caught.value.code == "llm_unavailable"
+
+
+@pytest.mark.asyncio
+async def test_a_whole_reply_missing_only_its_done_marker_is_kept(model, fake_groq_server):
+    fake_groq_server.enqueue(
+        streamed(
+            "no_done",
+            lambda exchange: chunk_events(exchange, content_deltas("whole answer"), finish="stop", usage=(3, 2)),
+            ending="end",
+        )
+    )
+    items = await collect(model)
+    assert "".join(i.text for i in items if isinstance(i, TextDelta)) == "whole answer"
+    assert [i.reason for i in items if isinstance(i, Finish)] == ["stop"]

@@ -154,7 +154,7 @@ def test_sessions_whose_sockets_vanished_are_ended_by_the_sweep_within_a_lease(s
     vanished = session_with_messages("anyone there?", "yes")
     connected = session_with_messages("still here")
     just_opened = session_with_messages("hello")
-    lease(vanished, seconds=-5)  # its process died: the lease was not renewed
+    lease(vanished, seconds=-31)  # its process died: the lease ran out over a lease length ago
     lease(connected, seconds=30)
     old = timezone.now() - timedelta(seconds=31)
     ChatSession.objects.filter(pk__in=[vanished.pk, connected.pk]).update(last_activity_at=old)
@@ -169,7 +169,7 @@ def test_sessions_whose_sockets_vanished_are_ended_by_the_sweep_within_a_lease(s
 def test_the_sweep_closes_the_turn_of_a_crashed_process_with_an_empty_stopped_reply(settings):
     settings.CHAT_SOCKET_LEASE_SECONDS = 30
     session = session_with_messages("first", "answer", "cut off by a crash")
-    crashed = lease(session, seconds=-5)
+    crashed = lease(session, seconds=-31)
     ChatSession.objects.filter(pk=session.pk).update(
         turn_started_at=timezone.now(), turn_lease=crashed, last_activity_at=timezone.now() - timedelta(minutes=1)
     )

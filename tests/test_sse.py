@@ -2,7 +2,7 @@
 
 import pytest
 
-from chat.llm.sse import StreamErrorEvent, sse_chunks
+from chat.llm.sse import StreamCutShort, StreamErrorEvent, sse_chunks
 
 pytestmark = pytest.mark.asyncio
 
@@ -24,11 +24,15 @@ async def test_each_event_is_one_json_object_and_done_ends_the_stream():
 
 
 async def test_data_lines_of_one_event_are_joined_with_newlines():
-    assert await chunks_of('data: {"text":', 'data: "two lines"}', "") == [{"text": "two lines"}]
+    assert await chunks_of('data: {"text":', 'data: "two lines"}', "", "data: [DONE]", "") == [{"text": "two lines"}]
 
 
-async def test_an_event_without_a_closing_blank_line_is_dropped():
-    assert await chunks_of('data: {"n": 1}', "", 'data: {"n": 2}') == [{"n": 1}]
+async def test_a_body_that_ends_without_done_is_cut_short_and_its_unfinished_event_dropped():
+    seen = []
+    with pytest.raises(StreamCutShort):
+        async for chunk in sse_chunks(lines_of('data: {"n": 1}', "", 'data: {"n": 2}')):
+            seen.append(chunk)
+    assert seen == [{"n": 1}]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 import groq
 import httpx
 
-from .sse import StreamErrorEvent, sse_chunks
+from .sse import StreamCutShort, StreamErrorEvent, sse_chunks
 from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
 
 
@@ -202,6 +202,10 @@ class GroqChatModel:
                             chunk = await anext(chunks)
                     except StopAsyncIteration:
                         break
+                    except StreamCutShort:
+                        if finish_reason:
+                            break  # the reply was whole; only the end marker is missing
+                        raise
                     except TimeoutError:
                         what = "the next token" if answered else "the first token"
                         raise LLMError("llm_unavailable", f"The model service took too long to send {what}.") from None

@@ -18,15 +18,21 @@ class StreamErrorEvent(Exception):
     """The server sent an error in the middle of the stream."""
 
 
+class StreamCutShort(StreamErrorEvent):
+    """The body ended without `[DONE]`: a proxy or the server closed it mid-reply."""
+
+
 async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """Yield each event's JSON object from the lines of an SSE body, until `[DONE]` or its end.
+    """Yield each event's JSON object from the lines of an SSE body, until `[DONE]`.
 
     An event's `data:` lines are joined with newlines, as the SSE format has
     it; comments and other fields are skipped. An event carrying an `error`,
-    or named `error`, raises StreamErrorEvent with the server's message.
+    or named `error`, raises StreamErrorEvent with the server's message; a
+    body that ends without `[DONE]` raises StreamCutShort.
     """
     data: list[str] = []
     event = ""
+    done = False
     async for line in lines:
         if line:
             field, _, value = line.partition(":")
@@ -43,7 +49,8 @@ async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]
         data, name = [], event
         event = ""
         if text.startswith(DONE):
-            return
+            done = True
+            break
         chunk = json.loads(text)
         if name == "error" or (isinstance(chunk, dict) and chunk.get("error")):
             error = chunk.get("error") if isinstance(chunk, dict) else None
@@ -51,3 +58,5 @@ async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]
             raise StreamErrorEvent(message if isinstance(message, str) and message else "an error in the stream")
         if isinstance(chunk, dict):
             yield chunk
+    if not done:
+        raise StreamCutShort("the stream ended before [DONE]")
