@@ -307,3 +307,37 @@ async def test_calls_fail_at_once_for_a_moment_after_the_database_was_found_down
     monkeypatch.setattr(DatabaseDown, "until", time.monotonic() - 1)
     await probe()
     assert calls == ["ran", "ran"]
+
+
+async def test_a_reply_the_database_refuses_is_replaced_by_an_empty_one_when_the_turn_is_released(
+    avisitor, fake_groq, monkeypatch
+):
+    """Every user message keeps one assistant event, even when its reply could not be written."""
+    from django.db import DataError
+
+    record = turns.event_record
+
+    async def reply_refused(**kwargs):
+        if kwargs["type"] == EventType.ASSISTANT_MESSAGE:
+            raise DataError("invalid byte sequence")
+        return await record(**kwargs)
+
+    fake_groq.enqueue(text_reply("Lost."), text_reply("Kept."))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    with monkeypatch.context() as patch:
+        patch.setattr(turns, "event_record", reply_refused)
+        frames = await client.turn("first")
+    assert [(f["type"], f.get("code")) for f in frames if f["type"] != "token"] == [
+        ("error", "internal"),
+        ("done", None),
+    ]
+    assert text_of(await client.turn("second")) == "Kept."
+    events = await events_of(client.session_id)
+    assert [(e.type, e.content, e.data.get("stop_reason")) for e in events] == [
+        ("user_message", "first", None),
+        ("assistant_message", "", "not_recorded"),
+        ("user_message", "second", None),
+        ("assistant_message", "Kept.", None),
+    ]
+    await client.close()
