@@ -88,35 +88,22 @@ class LocalTasks:
 local_tasks = LocalTasks()
 
 
-class BrokerSender:
-    """Send tasks to the broker from a thread of their own, never from the caller's.
-
-    Tasks are sent from a transaction's on-commit hook, on the thread whose
-    database connection every socket of the process shares; a broker that is
-    down held that thread ~0.65 s per task. A task that cannot be sent is
-    logged with its arguments, and beat's sweep sends it again later.
-    """
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-send")
-
-    def submit(self, task, args: list) -> Future:
-        """Queue the task for sending."""
-        return self._executor.submit(self._send, task, args)
-
-    @staticmethod
-    def _send(task, args: list) -> None:
-        try:
-            task.apply_async(args=args)
-        except Exception:
-            logger.warning("could not send %s%s to the broker; the sweep will send it again", task.name, tuple(args))
+# Tasks are sent from a transaction's on-commit hook, on the thread whose
+# database connection every socket of the process shares; a broker that is
+# down held that thread ~0.65 s per task. So they are sent from this one.
+broker_send_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-send")
 
 
-broker_sender = BrokerSender()
+def _broker_send(task, args: list) -> None:
+    """Send the task; one that cannot be sent is logged, and beat's sweep sends it again later."""
+    try:
+        task.apply_async(args=args)
+    except Exception:
+        logger.warning("could not send %s%s to the broker; the sweep will send it again", task.name, tuple(args))
 
 
 def task_send(task, *args) -> Future:
-    """Send the task to the broker; without one, run it on the in-process task thread."""
+    """Send the task to the broker from the sending thread; without one, run it on the in-process task thread."""
     if task.app.conf.task_always_eager:
         return local_tasks.submit(task, list(args))
-    return broker_sender.submit(task, list(args))
+    return broker_send_thread.submit(_broker_send, task, list(args))

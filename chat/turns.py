@@ -8,6 +8,7 @@ ends with one `done` frame while the client is there to receive it.
 """
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -53,14 +54,17 @@ session_turn_state = database_async(selectors.session_turn_state)
 context_summary_save = database_async(audit_services.context_summary_save)
 
 
-async def _event_record_whole(**kwargs: Any) -> None:
+async def _event_record_whole(*, on_recorded: Callable[[], None] | None = None, **kwargs: Any) -> None:
     """Record an event; a cancel landing meanwhile waits for the write to end before it goes on.
 
     The write runs in a database thread, which a cancel does not stop: the
     turn's later writes (its reply) must not overtake it, or the events would
     be out of order. The cancel is raised again once the write has ended.
+    `on_recorded` is called when the write succeeded, cancelled or not.
     """
     write = asyncio.ensure_future(event_record(**kwargs))
+    if on_recorded is not None:
+        write.add_done_callback(lambda done: done.cancelled() or done.exception() or on_recorded())
     try:
         await asyncio.shield(write)
     except asyncio.CancelledError:
@@ -340,18 +344,13 @@ async def turn_run(
     outcome: dict[str, Any] = {"stopped": False, "stop_reason": None}
     error: LLMError | None = None
     try:
-        recording = asyncio.ensure_future(
-            event_record(
-                session_id=session_id, type=EventType.USER_MESSAGE, content=content, data={"turn_id": reply.turn_id}
-            )
+        await _event_record_whole(
+            on_recorded=functools.partial(setattr, reply, "user_recorded", True),
+            session_id=session_id,
+            type=EventType.USER_MESSAGE,
+            content=content,
+            data={"turn_id": reply.turn_id},
         )
-        try:
-            await asyncio.shield(recording)
-        finally:
-            if not recording.done():
-                # Cancelled meanwhile: the write goes on in its thread; the reply is recorded after it.
-                await asyncio.wait([recording])
-            reply.user_recorded = not recording.cancelled() and recording.exception() is None
         if turn is not None and turn.cancel_reason:
             raise asyncio.CancelledError(turn.cancel_reason)
         await _converse(session_id=session_id, content=content, model=model, reply=reply, emit=emit)

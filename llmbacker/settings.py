@@ -97,8 +97,8 @@ DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR
 # request runs in a thread of its own, which kept its connection until it was
 # collected, and page loads ran PostgreSQL out of connections. A pool per
 # process (psycopg's, through Django) lends connections to whichever thread
-# asks; health checks hand out only live ones, so a database restart costs no
-# failed request.
+# asks (the sockets' database thread keeps one: see chat/database.py); health
+# checks hand out only live ones, so a database restart costs no failed request.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":

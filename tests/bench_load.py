@@ -41,7 +41,8 @@ import psutil
 import psycopg
 
 from .bench_load_clients import COOKIE_CONCURRENCY, Fleets, nofile_raise
-from .conftest import PrivatePostgres, PrivateRedis, free_port, port_wait, process_stop
+from .conftest import PrivatePostgres, PrivateRedis, free_port, process_stop
+from .conftest import daphne_start as conftest_daphne_start
 from .fake_groq import FakeGroq, Reply, text_reply
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,16 +155,8 @@ def daphne_start(*, port: int, database_url: str, redis_url: str, groq_url: str,
         CHAT_RATE_LIMIT_ADDRESS_MESSAGES="1000000",
     )
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=log)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llmbacker.asgi:application"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=nofile_raise,  # noqa: PLW1509 (the bench process runs no thread of its own yet)
-    )
-    port_wait(port, process)
-    return process
+    # preexec_fn: the bench process runs no thread of its own yet.
+    return conftest_daphne_start(port=port, log=log, env=env, preexec_fn=nofile_raise)
 
 
 class Database:

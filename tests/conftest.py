@@ -319,14 +319,17 @@ def process_stop(process: subprocess.Popen, *, timeout: float = 10) -> None:
         process.wait(timeout=timeout)
 
 
-def daphne_start(*, port: int, groq_url: str, log) -> subprocess.Popen:
-    """Start daphne on the test database and wait until it listens."""
+def daphne_start(
+    *, port: int, log, groq_url: str | None = None, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen:
+    """Start daphne (on the test database unless `env` says otherwise) and wait until it listens."""
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llmbacker.asgi:application"],
         cwd=REPO,
-        env=subprocess_env(groq_url=groq_url),
+        env=env if env is not None else subprocess_env(groq_url=groq_url),
         stdout=log,
         stderr=subprocess.STDOUT,
+        **popen,
     )
     port_wait(port, process)
     return process

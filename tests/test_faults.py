@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from .conftest import ARTIFACTS, REPO, free_port, port_wait, process_stop, subprocess_env
+from .conftest import ARTIFACTS, REPO, daphne_start, free_port, process_stop, subprocess_env
 
 pytestmark = pytest.mark.asyncio
 
@@ -45,14 +45,7 @@ class Stack:
         ARTIFACTS.mkdir(exist_ok=True)
         self.port = free_port()
         log = open(ARTIFACTS / "daphne-faults.log", "ab")  # noqa: SIM115 (the process keeps it)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "llmbacker.asgi:application"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        port_wait(self.port, self.process)
+        self.process = daphne_start(port=self.port, log=log, env=self.env)
 
     def kill(self) -> None:
         """Kill daphne at once, as a crash would: no cleanup runs."""
@@ -195,12 +188,18 @@ def text_of(frames: list[dict]) -> str:
     return "".join(frame["content"] for frame in frames if frame["type"] == "token")
 
 
-async def test_postgres_restarted_mid_turn_loses_no_reply(stack, private_postgres):
-    chats = [await stack.open() for _ in range(4)]
+async def chats_mid_reply(stack: Stack, count: int = 4) -> list[Chat]:
+    """Open `count` sessions and start a slow reply on each; return once every one has streamed a token."""
+    chats = [await stack.open() for _ in range(count)]
     for chat in chats:
         await chat.send({"type": "message", "content": "slow story please"})
     for chat in chats:
         await chat.until("token")
+    return chats
+
+
+async def test_postgres_restarted_mid_turn_loses_no_reply(stack, private_postgres):
+    chats = await chats_mid_reply(stack)
     # Fast shutdown: every connection is cut, as in a crash or a failover.
     await asyncio.to_thread(private_postgres.stop)
     await asyncio.sleep(1)
@@ -218,11 +217,7 @@ async def test_postgres_restarted_mid_turn_loses_no_reply(stack, private_postgre
 
 
 async def test_redis_restarted_mid_turn_keeps_the_sockets_open(stack, private_redis):
-    chats = [await stack.open() for _ in range(4)]
-    for chat in chats:
-        await chat.send({"type": "message", "content": "slow story please"})
-    for chat in chats:
-        await chat.until("token")
+    chats = await chats_mid_reply(stack)
     await asyncio.to_thread(private_redis.stop)
     await asyncio.sleep(1)
     await asyncio.to_thread(private_redis.start)

@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 
 from chat.handshake import handshake_secure, origin_allowed
 
-from .conftest import ARTIFACTS, REPO, free_port, port_wait, process_stop, subprocess_env
+from .conftest import ARTIFACTS, REPO, daphne_start, free_port, process_stop, subprocess_env
 
 # --- The Origin rule, as a function ------------------------------------------
 
@@ -201,15 +201,8 @@ def daphne_plain(django_db_setup, tmp_path_factory) -> Iterator[tuple[int, Path]
     port = free_port()
     log_path = tmp_path_factory.mktemp("daphne") / "daphne.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llmbacker.asgi:application"],
-            cwd=REPO,
-            env=subprocess_env(groq_url=None),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = daphne_start(port=port, log=log)
         try:
-            port_wait(port, process)
             yield port, log_path
         finally:
             process_stop(process)
@@ -265,15 +258,8 @@ def test_a_session_cookie_with_the_database_down_gets_an_internal_error_not_http
     log_path = ARTIFACTS / "daphne-database-down.log"
     log_path.unlink(missing_ok=True)
     with open(log_path, "ab") as log:
-        daphne = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llmbacker.asgi:application"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        daphne = daphne_start(port=port, log=log, env=env)
         try:
-            port_wait(port, daphne)
             # Up: the cookie's user is found and the chat opens.
             up = RawSocket.open(port, f"/ws/session/{uuid.uuid4()}/", headers)
             assert up.status == 101, up.head + up.buffer
