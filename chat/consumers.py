@@ -9,9 +9,11 @@ from uuid import UUID, uuid4
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import Error as DatabaseError
 
 from . import limits, services
 from .database import database_async
+from .handshake import Caller, caller_identify, user_resolve
 from .presence import presence
 from .protocol import FrameError, frame_parse
 from .retry import database_retry
@@ -26,7 +28,24 @@ CLOSE_TOO_MANY = 4429
 # application close only with 1000 or 3000-4999, and raises on anything else.
 CLOSE_SERVER_ERROR = 4500
 
-session_join = database_async(services.session_join)
+
+class CallerRefused(Exception):
+    """An anonymous caller, while CHAT_ALLOW_ANONYMOUS is off."""
+
+
+def _socket_open(scope: dict[str, Any], *, session_id: UUID, lease_id: UUID, address: str) -> tuple[Caller, dict]:
+    """Identify the caller, open or resume the session for them and lease the socket; return the `session` frame."""
+    caller = caller_identify(scope, allow_anonymous=settings.CHAT_ALLOW_ANONYMOUS)
+    if caller is None:
+        raise CallerRefused
+    frame = services.session_join(
+        session_id=session_id, lease_id=lease_id, user_id=caller.user_id, anon_key=caller.anon_key, address=address
+    )
+    return caller, frame
+
+
+socket_open = database_async(_socket_open)
+user_resolve_async = database_async(user_resolve)
 socket_leave = database_async(services.socket_leave)
 turn_claim = database_async(services.turn_claim)
 
@@ -75,25 +94,20 @@ class SessionConsumer(AsyncWebsocketConsumer):
         daphne gives an application 5 s to answer a handshake, and under a
         burst of connections the database work queued behind that deadline.
         A refusal is then a close code, as DESIGN has it for 4401 and 4403.
+        Everything else (the user, the visitor's session, the chat session
+        and the socket's lease) is one call on the database thread.
         """
         await self.accept()
-        if self.scope.get("auth_unavailable"):
-            await self._refuse_unavailable()
-            return
-        user = self.scope.get("user")
-        authenticated = bool(user and user.is_authenticated)
-        if not authenticated and not settings.CHAT_ALLOW_ANONYMOUS:
-            await self.close(code=CLOSE_UNAUTHORIZED)
-            return
         session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
         lease_id = uuid4()
-        user_id = user.pk if authenticated else None
         self.address = self._client_address()
         try:
-            anon_key = "" if authenticated else await self._anonymous_key()
-            frame = await session_join(
-                session_id=session_id, lease_id=lease_id, user_id=user_id, anon_key=anon_key, address=self.address
+            caller, frame = await socket_open(
+                self.scope, session_id=session_id, lease_id=lease_id, address=self.address
             )
+        except CallerRefused:
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
         except services.SessionForbidden:
             await self.close(code=CLOSE_FORBIDDEN)
             return
@@ -101,12 +115,16 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.error("too_many_connections", str(exc))
             await self.close(code=CLOSE_TOO_MANY)
             return
+        except DatabaseError as exc:
+            logger.warning("could not open session %s: %s", session_id, exc)
+            await self._refuse_unavailable()
+            return
         except Exception:
             logger.exception("could not open session %s", session_id)
             await self._refuse_unavailable()
             return
         self.session_id, self.lease_id = session_id, lease_id
-        self.visitor = services.visitor_key(user_id=user_id, anon_key=anon_key)
+        self.visitor = services.visitor_key(user_id=caller.user_id, anon_key=caller.anon_key)
         presence.add(lease_id)
         await self.emit(frame)
         try:
@@ -128,18 +146,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
         """Return the client's IP address (daphne's --proxy-headers make it the forwarded one)."""
         client = self.scope.get("client")
         return str(client[0])[:64] if client else ""
-
-    async def _anonymous_key(self) -> str:
-        """Return the visitor's Django session key.
-
-        A client without a session cookie gets a new Django session, so it is
-        a new visitor on every connection and cannot resume (daphne sends no
-        headers with the handshake's answer, so no cookie can be set here).
-        """
-        session = self.scope["session"]
-        if not session.session_key:
-            await database_async(session.save)()
-        return session.session_key
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one client frame; bad input gets an error frame and the socket stays open."""
@@ -267,9 +273,14 @@ class SessionWatchConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Let staff in, join the session's watch group, and ask its sockets to copy their frames."""
-        user = self.scope.get("user")
         await self.accept()
-        if not (user and user.is_authenticated and user.is_staff):
+        try:
+            user = await user_resolve_async(self.scope)
+        except DatabaseError as exc:
+            logger.warning("could not check who watches a session: %s", exc)
+            await self.close(code=CLOSE_SERVER_ERROR)
+            return
+        if not (user.is_authenticated and user.is_staff):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])

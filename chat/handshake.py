@@ -1,10 +1,10 @@
-"""Check a WebSocket handshake before any consumer runs: the Origin, then the user.
+"""Check a WebSocket handshake: the Origin before any consumer runs, the user once the consumer accepted.
 
-Both wrap the socket routes in `llmbacker.asgi`. Settings are read on every
+The middleware wraps the socket routes in `llmbacker.asgi`. Settings are read on every
 handshake, not at import, so tests can change them.
 """
 
-import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,12 +13,7 @@ from channels.auth import get_user as channels_get_user
 from channels.security.websocket import WebsocketDenier
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
-from django.db import Error as DatabaseError
 from django.http.request import split_domain_port, validate_host
-
-from .database import database_async
-
-logger = logging.getLogger(__name__)
 
 # The HTTP scheme whose pages may open a socket of each WebSocket scheme.
 PAGE_SCHEME = {"ws": "http", "wss": "https"}
@@ -114,37 +109,58 @@ class StrictOriginValidator:
         return await WebsocketDenier.as_asgi()(scope, receive, send)
 
 
-# Channels' lookup (session, then user), without its own adapter around it.
-user_lookup = database_async(channels_get_user.func)
+class DeferredAuthMiddleware(AuthMiddleware):
+    """Channels' AuthMiddleware, except that the user is looked up by the consumer, after accepting.
 
-
-class DatabaseTolerantAuthMiddleware(AuthMiddleware):
-    """Channels' AuthMiddleware, except that a database failure does not fail the handshake.
-
-    Resolving the user reads the session and the user from the database. When
-    that fails (PostgreSQL down), the caller becomes anonymous and
-    `scope["auth_unavailable"]` is set, so the consumer can accept, say what
-    happened and close with 4500, instead of daphne answering a bare HTTP 500.
+    Looking the user up reads the session and the user from the database, on
+    the thread every socket's database work shares. Done here, before the
+    consumer runs, a handshake waited behind the work of the sockets already
+    accepted, and under a burst of connections missed daphne's 5 s handshake
+    deadline. `scope["user"]` stays unresolved until `caller_identify` runs.
     """
 
     async def resolve_scope(self, scope: dict[str, Any]) -> None:
-        """Resolve `scope["user"]`; on a database error make it anonymous and flag the scope.
+        """Leave the user to `caller_identify`."""
 
-        The lookup runs through the chat's own database adapter, so while the
-        database is known to be down it fails at once instead of waiting out
-        the pool's timeout on the thread every socket shares (daphne gives a
-        handshake 5 s).
-        """
-        try:
-            scope["user"]._wrapped = await user_lookup(scope)
-        except DatabaseError as exc:
-            from django.contrib.auth.models import AnonymousUser
 
-            logger.warning("could not resolve the user of a socket handshake on %s: %s", scope.get("path"), exc)
-            scope["user"] = AnonymousUser()
-            scope["auth_unavailable"] = True
+def user_resolve(scope: dict[str, Any]) -> Any:
+    """Look up the socket's user from its session (sync, on the database thread) and fill in `scope["user"]`."""
+    user = channels_get_user.func(scope)
+    scope["user"]._wrapped = user
+    return user
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who opened a socket: a user, or an anonymous visitor known by their Django session key."""
+
+    user_id: int | None
+    anon_key: str
+
+    @property
+    def authenticated(self) -> bool:
+        return self.user_id is not None
+
+
+def caller_identify(scope: dict[str, Any], *, allow_anonymous: bool) -> Caller | None:
+    """Resolve the socket's user (sync, on the database thread); None for an anonymous caller not allowed.
+
+    An anonymous caller without a session cookie gets a new Django session,
+    so it is a new visitor on every connection and cannot resume (daphne
+    sends no headers with the handshake's answer, so no cookie can be set).
+    A database failure raises django.db.Error.
+    """
+    user = user_resolve(scope)
+    if user.is_authenticated:
+        return Caller(user_id=user.pk, anon_key="")
+    if not allow_anonymous:
+        return None
+    session = scope["session"]
+    if not session.session_key:
+        session.save()
+    return Caller(user_id=None, anon_key=session.session_key)
 
 
 def auth_middleware_stack(inner: Any) -> CookieMiddleware:
-    """Wrap `inner` in cookies, the Django session and a user that survives a database failure."""
-    return CookieMiddleware(SessionMiddleware(DatabaseTolerantAuthMiddleware(inner)))
+    """Wrap `inner` in cookies, the Django session and a user that the consumer resolves after accepting."""
+    return CookieMiddleware(SessionMiddleware(DeferredAuthMiddleware(inner)))

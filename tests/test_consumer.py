@@ -641,7 +641,7 @@ async def test_a_database_down_at_connect_is_an_error_then_a_4500_close(avisitor
     def database_down(**kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr("chat.consumers.session_join", database_sync_to_async(database_down))
+    monkeypatch.setattr("chat.services.session_join", database_down)
     client = ChatClient(await avisitor())
     connected, _ = await client.comm.connect()
     assert connected
