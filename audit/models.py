@@ -50,6 +50,10 @@ class ChatSession(models.Model):
     # claim is free again once the claiming socket's lease has run out.
     turn_started_at = models.DateTimeField(null=True, blank=True)
     turn_lease = models.UUIDField(null=True, blank=True)
+    # The channel of the process running the turn (its `stop` and resume requests go there).
+    turn_owner = models.CharField(max_length=200, blank=True)
+    # The last frame_seq of the session's finished turns; the next turn numbers its frames after it.
+    frame_seq = models.PositiveBigIntegerField(default=0)
     # What the model is told of the turns that no longer fit its context budget:
     # a rolling summary of the events up to context_summary_seq, kept between turns.
     context_summary = models.TextField(blank=True)

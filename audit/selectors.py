@@ -1,6 +1,7 @@
 """Reads of the audit record."""
 
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from django.db import connection
@@ -35,13 +36,16 @@ def session_events(*, session_id: UUID, after_seq: int = 0) -> list[Event]:
     return list(Event.objects.filter(session_id=session_id, seq__gt=after_seq).order_by("seq"))
 
 
-def session_history(*, session_id: UUID) -> list[dict]:
-    """Return the user and assistant messages of the session, for the client to show."""
-    rows = (
-        Event.objects.filter(session_id=session_id, type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE])
-        .order_by("seq")
-        .values_list("type", "content", "created_at")
-    )
+def session_history(*, session_id: UUID, before: datetime | None = None) -> list[dict]:
+    """Return the user and assistant messages of the session, for the client to show.
+
+    `before`: only those recorded before then (the start of a running turn,
+    whose messages reach the client as that turn's frames).
+    """
+    events = Event.objects.filter(session_id=session_id, type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE])
+    if before is not None:
+        events = events.filter(created_at__lt=before)
+    rows = events.order_by("seq").values_list("type", "content", "created_at")
     return [
         {
             "role": "user" if kind == EventType.USER_MESSAGE else "assistant",

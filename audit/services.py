@@ -215,26 +215,35 @@ def context_summary_save(*, session_id: UUID, text: str, through_seq: int) -> No
     )
 
 
-def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta) -> bool:
-    """Mark a turn as running on the session for this socket; return False when another one runs.
+# A turn taken over from a dead process may have sent frames no one recorded:
+# the next turn's numbers start this far on, so a client that saw some of
+# them never takes the new turn's frames for ones it has.
+ORPHAN_FRAME_GAP = 100_000
 
-    The claim is free when nobody holds it (one UPDATE, the usual case). It is
-    taken over when this socket holds it (its release failed, yet it knows its
-    turn is over), when the holder's lease has run out (its socket or process
-    is gone), or, as a backstop, when it is older than `stale_after`; a turn
-    taken over that never recorded its reply gets one then (see `turn_orphan_close`).
+
+def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta, owner: str = "") -> int | None:
+    """Mark a turn as running on the session for this socket; return the turn's frame_seq base, None when busy.
+
+    The turn numbers its frames from the base + 1. The claim is free when
+    nobody holds it (the usual case). It is taken over when this socket holds
+    it (its release failed, yet it knows its turn is over), when the holder's
+    lease has run out (its socket or process is gone), or, as a backstop,
+    when it is older than `stale_after`; a turn taken over that never
+    recorded its reply gets one then (see `turn_orphan_close`). `owner`: the
+    channel of the process that runs the turn.
     """
     now = timezone.now()
-    claim = {"turn_started_at": now, "turn_lease": lease_id}
-    if ChatSession.objects.filter(pk=session_id, turn_started_at__isnull=True).update(**claim):
-        return True
+    claim = {"turn_started_at": now, "turn_lease": lease_id, "turn_owner": owner}
+    sessions = ChatSession.objects.filter(pk=session_id)
+    if sessions.filter(turn_started_at__isnull=True).update(**claim):
+        return sessions.values_list("frame_seq", flat=True).get()
     holder_live = SocketLease.objects.filter(pk=OuterRef("turn_lease"), expires_at__gt=now)
     stale = Q(turn_lease=lease_id) | ~Exists(holder_live) | Q(turn_started_at__lt=now - stale_after)
     with transaction.atomic():
-        if not ChatSession.objects.filter(stale, pk=session_id).update(**claim):
-            return False
+        if not sessions.filter(stale).update(**claim, frame_seq=F("frame_seq") + ORPHAN_FRAME_GAP):
+            return None
         turn_orphan_close(session_id=session_id)
-    return True
+        return sessions.values_list("frame_seq", flat=True).get()
 
 
 ORPHAN_STOP_REASON = "server_lost"
@@ -262,15 +271,21 @@ def turn_orphan_close(*, session_id: UUID, stop_reason: str = ORPHAN_STOP_REASON
 
 
 @transaction.atomic
-def turn_release(*, session_id: UUID, lease_id: UUID, reply_missing: bool = False) -> None:
+def turn_release(
+    *, session_id: UUID, lease_id: UUID, reply_missing: bool = False, frame_seq: int | None = None
+) -> None:
     """Mark the session's turn as over, unless another socket has taken the claim over since.
 
     `reply_missing`: the turn's reply could not be recorded; an empty one,
     marked `not_recorded`, takes its place in the same transaction.
+    `frame_seq`: the last frame number the turn used.
     """
     if reply_missing:
         turn_orphan_close(session_id=session_id, stop_reason="not_recorded")
-    ChatSession.objects.filter(pk=session_id, turn_lease=lease_id).update(turn_started_at=None, turn_lease=None)
+    released = {"turn_started_at": None, "turn_lease": None, "turn_owner": ""}
+    if frame_seq is not None:
+        released["frame_seq"] = frame_seq
+    ChatSession.objects.filter(pk=session_id, turn_lease=lease_id).update(**released)
 
 
 @transaction.atomic
@@ -287,11 +302,23 @@ def session_end(*, session_id: UUID) -> bool:
         if turn_orphan_close(session_id=session_id):
             session.refresh_from_db(fields=["message_count"])
         session.turn_started_at = session.turn_lease = None
+        session.turn_owner = ""
+        session.frame_seq += ORPHAN_FRAME_GAP
     now = timezone.now()
     session.status = SessionStatus.ENDED
     session.ended_at = now
     session.duration_seconds = round((now - session.started_at).total_seconds(), 3)
-    session.save(update_fields=["status", "ended_at", "duration_seconds", "turn_started_at", "turn_lease"])
+    session.save(
+        update_fields=[
+            "status",
+            "ended_at",
+            "duration_seconds",
+            "turn_started_at",
+            "turn_lease",
+            "turn_owner",
+            "frame_seq",
+        ]
+    )
     if session.message_count:
         summary_queue(session_id=session_id)
     return True

@@ -3,8 +3,8 @@
 import asyncio
 import json
 import logging
-import time
 from typing import Any
+from urllib.parse import parse_qs
 from uuid import UUID, uuid4
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -17,7 +17,10 @@ from .handshake import Caller, caller_identify, user_resolve
 from .presence import presence
 from .protocol import FrameError, frame_parse
 from .retry import database_retry
-from .turns import CLIENT_GONE, STOP, Turn
+from .streams import hub, session_group, watch_group
+from .turns import Turn
+
+__all__ = ["SessionConsumer", "SessionWatchConsumer", "session_group", "watch_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,51 +36,67 @@ class CallerRefused(Exception):
     """An anonymous caller, while CHAT_ALLOW_ANONYMOUS is off."""
 
 
-def _socket_open(scope: dict[str, Any], *, session_id: UUID, lease_id: UUID, address: str) -> tuple[Caller, dict]:
+def _socket_open(
+    scope: dict[str, Any], *, session_id: UUID, lease_id: UUID, address: str
+) -> tuple[Caller, services.Joined]:
     """Identify the caller, open or resume the session for them and lease the socket; return the `session` frame."""
     caller = caller_identify(scope, allow_anonymous=settings.CHAT_ALLOW_ANONYMOUS)
     if caller is None:
         raise CallerRefused
-    frame = services.session_join(
+    joined = services.session_join(
         session_id=session_id, lease_id=lease_id, user_id=caller.user_id, anon_key=caller.anon_key, address=address
     )
-    return caller, frame
+    return caller, joined
 
 
 socket_open = database_async(_socket_open)
 user_resolve_async = database_async(user_resolve)
 socket_leave = database_async(services.socket_leave)
 turn_claim = database_async(services.turn_claim)
+turn_owner = database_async(services.turn_owner)
 
 # A channel layer that does not answer within this is skipped when leaving.
 LAYER_TIMEOUT_SECONDS = 5.0
+# A process asked to send a running turn's frames answers within this, or the reply is given up on.
+FOLLOW_TIMEOUT_SECONDS = 5.0
 
-# Staff watching a session renew their lease this often; a socket copies its
+# Staff watching a session renew their lease this often; a turn copies its
 # frames to the watchers only while a lease is live, so an unwatched reply
 # costs no channel-layer traffic per token.
 WATCH_RENEW_SECONDS = 20.0
-WATCH_LEASE_SECONDS = 60.0
 
 
-def session_group(session_id: UUID) -> str:
-    """The group of a session's chat sockets (they hear watch requests there)."""
-    return f"session.{session_id}"
-
-
-def watch_group(session_id: UUID) -> str:
-    """The group of the staff watching a session."""
-    return f"session-watch.{session_id}"
+def after_parse(query_string: bytes) -> int | None:
+    """Return the `after` position of the URL query (0 when absent), None when it is not a non-negative integer."""
+    values = parse_qs(query_string.decode("latin-1")).get("after")
+    if not values:
+        return 0
+    try:
+        after = int(values[-1])
+    except ValueError:
+        return None
+    return after if after >= 0 else None
 
 
 class SessionConsumer(AsyncWebsocketConsumer):
-    """One chat session over one socket: `/ws/session/<uuid>/`."""
+    """One socket of a chat session: `/ws/session/<uuid>/[?after=<frame_seq>]`.
+
+    The turns it starts run for the session, not for the socket (see
+    `chat.streams`): every socket of the session, here or in another
+    process, is sent their frames, and a socket that connects while one runs
+    is sent the frames after `after` first.
+    """
 
     session_id: UUID | None = None
     lease_id: UUID | None = None
     visitor: str = ""
     address: str = ""
-    turn: Turn | None = None
-    watched_until: float = 0.0
+    # The last frame_seq sent on this socket: a frame is sent once, in order.
+    frame_seq_sent: int = 0
+    grouped: bool = False
+    # The channel of the process whose running turn this socket follows from afar.
+    following: str = ""
+    _follow_watchdog: asyncio.TimerHandle | None = None
     _leaving: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -88,7 +107,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._leave()
 
     async def connect(self) -> None:
-        """Accept, check the caller, open or resume the session, send the `session` frame.
+        """Accept, check the caller, open or resume the session, send the `session` frame, follow a running turn.
 
         The handshake is accepted first, so it never waits on the database:
         daphne gives an application 5 s to answer a handshake, and under a
@@ -99,10 +118,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
         """
         await self.accept()
         session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
+        after = after_parse(self.scope.get("query_string", b""))
         lease_id = uuid4()
         self.address = self._client_address()
+        # Joined before the session is read: a turn starting meanwhile in another process is heard of.
+        await self._group_join(session_id)
         try:
-            caller, frame = await socket_open(
+            caller, joined = await socket_open(
                 self.scope, session_id=session_id, lease_id=lease_id, address=self.address
             )
         except CallerRefused:
@@ -126,16 +148,27 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.session_id, self.lease_id = session_id, lease_id
         self.visitor = services.visitor_key(user_id=caller.user_id, anon_key=caller.anon_key)
         presence.add(lease_id)
-        await self.emit(frame)
+        await self.emit(joined.frame)
+        if after is None:
+            await self.error("invalid_message", "'after' must be a non-negative integer; it was ignored.")
+        self.frame_seq_sent = after or 0
+        hub().socket_add(session_id, self)
+        stream = hub().streams.get(session_id)
+        if stream is not None and not stream.ended:
+            await stream.local_follow(self)
+        elif joined.frame["turn_running"]:
+            await self._follow_remote(joined.turn_owner, base=joined.frame["frame_seq"])
+
+    async def _group_join(self, session_id: UUID) -> None:
+        """Join the session's group: turns starting in other processes, staff watching. The chat goes on without it."""
         try:
-            # Only staff watching need this group; the chat goes on without it.
             await asyncio.wait_for(
                 self.channel_layer.group_add(session_group(session_id), self.channel_name),
                 timeout=LAYER_TIMEOUT_SECONDS,
             )
+            self.grouped = True
         except Exception:
             logger.warning("could not join the group of session %s", session_id, exc_info=True)
-        # Staff already watching learn of this socket at their next renewal.
 
     async def _refuse_unavailable(self) -> None:
         """Tell the client the chat cannot open now (the database is down, most likely), and close."""
@@ -146,6 +179,84 @@ class SessionConsumer(AsyncWebsocketConsumer):
         """Return the client's IP address (daphne's --proxy-headers make it the forwarded one)."""
         client = self.scope.get("client")
         return str(client[0])[:64] if client else ""
+
+    # --- Frames of the session's turns --------------------------------------------------------------
+
+    async def frame_deliver(self, frame: dict[str, Any]) -> None:
+        """Send a turn's frame unless this socket has had it: each frame once, in order."""
+        if frame["frame_seq"] <= self.frame_seq_sent:
+            return
+        self.frame_seq_sent = frame["frame_seq"]
+        await self.emit(frame)
+
+    async def _follow_remote(self, owner: str, *, base: int) -> None:
+        """Ask the process running the session's turn to send this socket its frames after what it has."""
+        if owner and owner == hub().channel:
+            return  # it runs here: its stream reaches this socket directly
+        if not owner:
+            await self._reply_unavailable()
+            return
+        self.following = owner
+        request = {
+            "type": "turn.follow",
+            "session_id": str(self.session_id),
+            "channel": self.channel_name,
+            "after": max(self.frame_seq_sent, base),
+        }
+        try:
+            await hub().request_send(owner, request)
+        except Exception:
+            logger.warning("could not ask for the frames of session %s", self.session_id, exc_info=True)
+            await self._reply_unavailable()
+            return
+        self._watchdog_cancel()
+        self._follow_watchdog = asyncio.get_running_loop().call_later(
+            FOLLOW_TIMEOUT_SECONDS, lambda: asyncio.ensure_future(self._reply_unavailable())
+        )
+
+    def _watchdog_cancel(self) -> None:
+        if self._follow_watchdog is not None:
+            self._follow_watchdog.cancel()
+            self._follow_watchdog = None
+
+    async def _reply_unavailable(self) -> None:
+        """The running reply cannot be followed (its process is gone): say so; the record has what was saved."""
+        self._watchdog_cancel()
+        self.following = ""
+        await self.error(
+            "reply_unavailable",
+            "The reply being generated cannot be followed from here; reload the session to see what was recorded.",
+        )
+
+    async def turn_started(self, event: dict[str, Any]) -> None:
+        """A turn of the session started: follow it when it runs in another process."""
+        if self.session_id is not None and event["owner"] != hub().channel:
+            await self._follow_remote(event["owner"], base=int(event["base"]))
+
+    async def turn_following(self, event: dict[str, Any]) -> None:
+        """The process running the turn sends its frames from now on."""
+        self._watchdog_cancel()
+
+    async def turn_frame(self, event: dict[str, Any]) -> None:
+        """A frame of a turn running in another process."""
+        if self.session_id is None:
+            return
+        frame = event["frame"]
+        if frame.get("type") == "done":
+            self.following = ""
+        await self.frame_deliver(frame)
+
+    async def turn_gone(self, event: dict[str, Any]) -> None:
+        """The process asked for a turn's frames has none any more."""
+        if self.session_id is not None and self.following:
+            await self._reply_unavailable()
+
+    async def watch_start(self, event: dict[str, Any]) -> None:
+        """A staff member watches (or still watches) this session: turns run here copy their frames for a while."""
+        if self.session_id is not None:
+            hub().watch_renew(self.session_id)
+
+    # --- Client frames -----------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one client frame; bad input gets an error frame and the socket stays open."""
@@ -168,14 +279,21 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if frame.kind == "ping":
             await self.emit({"type": "pong"})
         elif frame.kind == "stop":
-            if self.turn is not None:
-                self.turn.cancel(STOP)
+            await self._stop()
         else:
             await self._message(frame.content)
 
+    async def _stop(self) -> None:
+        """Stop the session's running reply, wherever it runs; nothing to stop is not an error."""
+        if hub().turn_stop_local(self.session_id):
+            return
+        owner = self.following or await turn_owner(session_id=self.session_id)
+        if owner and owner != hub().channel:
+            await hub().request_send(owner, {"type": "turn.stop", "session_id": str(self.session_id)})
+
     async def _message(self, content: str) -> None:
         """Start a turn, unless one is running or a limit says no."""
-        if self.turn is not None and self.turn.running():
+        if hub().turn_running(self.session_id):
             await self.error("busy", "A reply is still being generated; wait for it or send stop.")
             return
         refusal = await limits.message_allow(visitor=self.visitor, address=self.address)
@@ -186,21 +304,39 @@ class SessionConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            claimed = await turn_claim(session_id=self.session_id, lease_id=self.lease_id)
+            owner = await hub().channel_name()
+        except Exception:
+            # Without the layer the turn still runs; only sockets of other processes cannot follow it.
+            logger.warning("could not open this process's turn channel", exc_info=True)
+            owner = ""
+        try:
+            base = await turn_claim(session_id=self.session_id, lease_id=self.lease_id, owner=owner)
         except Exception:
             logger.exception("could not claim a turn on session %s", self.session_id)
             await self.error("internal", "The message could not be accepted; try again.")
             return
-        if not claimed:
+        if base is None:
             await self.error("busy", "A reply is being generated for this session in another window.")
             return
-        await self.watchers_send({"type": "user_message", "content": content})
-        self.turn = Turn(
-            session_id=self.session_id, lease_id=self.lease_id, visitor=self.visitor, content=content, emit=self.emit
+        stream = hub().stream_open(self.session_id, base)
+        # This socket sent the message: its user_message frame goes to the session's other sockets only.
+        self.frame_seq_sent = max(self.frame_seq_sent, base + 1)
+        await stream.publish({"type": "user_message", "content": content})
+        turn = Turn(
+            session_id=self.session_id,
+            lease_id=self.lease_id,
+            visitor=self.visitor,
+            content=content,
+            emit=stream.publish,
+            frame_seq_next=lambda: stream.last_seq + 1,
         )
+        hub().turn_start(stream, turn)
+        await hub().turn_announce(self.session_id, base)
+
+    # --- Leaving -----------------------------------------------------------------------------------
 
     async def disconnect(self, code: int) -> None:
-        """Stop the reply (keeping what was produced), then leave the session."""
+        """Leave the session; a reply this socket started goes on (see `chat.streams`)."""
         await self._leave()
 
     async def _leave(self) -> None:
@@ -210,19 +346,46 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await asyncio.shield(self._leaving)
 
     async def _session_leave(self) -> None:
-        """End the turn, stop renewing the lease, drop it (ending the session if last), leave the group.
+        """Stop following, leave the group, then drop the lease (ending the session if last).
 
         Each step stands alone: a database or channel layer that is down does
         not keep the others from running, and a lease that could not be
         dropped runs out by itself, after which the sweep ends the session.
+        A socket whose turn still runs keeps its lease (and the session) until
+        that turn has ended: the turn's claim is held under it.
         """
+        self._watchdog_cancel()
+        if self.grouped:
+            sid = self.session_id or UUID(self.scope["url_route"]["kwargs"]["session_id"])
+            try:
+                await asyncio.wait_for(
+                    self.channel_layer.group_discard(session_group(sid), self.channel_name),
+                    timeout=LAYER_TIMEOUT_SECONDS,
+                )
+            except Exception:
+                logger.warning("could not leave the group of session %s", sid, exc_info=True)
         if self.session_id is None:
             return
-        if self.turn is not None:
-            self.turn.cancel(CLIENT_GONE)
-            await self.turn.wait()
-        # Renewed until the turn has ended: a reply still retrying its write
-        # keeps its claim from being taken over.
+        hub().socket_discard(self.session_id, self)
+        if self.following:
+            unfollow = {"type": "turn.unfollow", "session_id": str(self.session_id), "channel": self.channel_name}
+            try:
+                await hub().request_send(self.following, unfollow)
+            except Exception:
+                logger.debug("could not stop following the turn of session %s", self.session_id)
+        stream = hub().streams.get(self.session_id)
+        if (
+            stream is not None
+            and not stream.ended
+            and stream.turn is not None
+            and stream.turn.lease_id == self.lease_id
+        ):
+            stream.after_end.append(self._lease_drop)
+            return
+        await self._lease_drop()
+
+    async def _lease_drop(self) -> None:
+        """Stop renewing the socket's lease and drop it, ending the session when it was the last."""
         presence.discard(self.lease_id)
         try:
             await database_retry(
@@ -230,35 +393,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
             )
         except Exception:
             logger.exception("could not leave session %s; its lease will run out", self.session_id)
-        try:
-            await asyncio.wait_for(
-                self.channel_layer.group_discard(session_group(self.session_id), self.channel_name),
-                timeout=LAYER_TIMEOUT_SECONDS,
-            )
-        except Exception:
-            logger.warning("could not leave the group of session %s", self.session_id, exc_info=True)
 
     async def emit(self, frame: dict[str, Any]) -> None:
-        """Send a frame (and copy it to staff watching); a client already gone is not an error."""
+        """Send a frame; a client already gone is not an error."""
         try:
             await self.send(text_data=json.dumps(frame, default=str))
         except Exception:
             logger.debug("could not send a %s frame to session %s", frame.get("type"), self.session_id)
-        await self.watchers_send(frame)
-
-    async def watchers_send(self, frame: dict[str, Any]) -> None:
-        """Copy a frame to the staff watching this session, if any watch now."""
-        if self.watched_until < time.monotonic() or frame.get("type") in ("session", "pong"):
-            return
-        try:
-            await self.channel_layer.group_send(watch_group(self.session_id), {"type": "watch.frame", "frame": frame})
-        except Exception:
-            # Watching is a convenience: it never breaks the chat.
-            logger.warning("could not copy a frame to the watchers of session %s", self.session_id, exc_info=True)
-
-    async def watch_start(self, event: dict[str, Any]) -> None:
-        """A staff member watches (or still watches) this session: copy frames for a while."""
-        self.watched_until = time.monotonic() + WATCH_LEASE_SECONDS
 
     async def error(self, code: str, message: str) -> None:
         """Send an error frame."""
@@ -290,7 +431,9 @@ class SessionWatchConsumer(AsyncWebsocketConsumer):
     async def _renew(self) -> None:
         """Renew the watch lease with the session's sockets, now and every WATCH_RENEW_SECONDS."""
         while True:
-            await self.channel_layer.group_send(session_group(self.session_id), {"type": "watch.start"})
+            await self.channel_layer.group_send(
+                session_group(self.session_id), {"type": "watch.start", "session_id": str(self.session_id)}
+            )
             await asyncio.sleep(WATCH_RENEW_SECONDS)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

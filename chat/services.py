@@ -1,5 +1,6 @@
 """What the consumer asks of the chat: join and leave a session, claim a turn."""
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -8,11 +9,12 @@ from django.conf import settings
 from django.db import transaction
 
 from audit import selectors, services
+from audit.models import ChatSession
 from audit.services import SessionForbidden
 
 from .llm import chat_model_get
 
-__all__ = ["SessionForbidden", "SocketLimitReached", "session_join", "socket_leave", "turn_claim", "turn_release"]
+__all__ = ["SessionForbidden", "SocketLimitReached", "session_join", "socket_leave", "turn_claim", "turn_owner"]
 
 # A backstop: a claim this old is taken over even when its socket's lease is
 # live (the turn hung). Normally a claim frees once its holder's lease runs out.
@@ -46,13 +48,21 @@ def _sockets_check(*, visitor: str, address: str) -> None:
         raise SocketLimitReached(f"Too many chat sockets are open from this address (at most {per_address}).")
 
 
-def session_join(
-    *, session_id: UUID, lease_id: UUID, user_id: int | None, anon_key: str, address: str
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Joined:
+    """A socket joined its session: the `session` frame, and where its running turn is, if one runs."""
+
+    frame: dict[str, Any]
+    turn_owner: str = ""
+
+
+def session_join(*, session_id: UUID, lease_id: UUID, user_id: int | None, anon_key: str, address: str) -> Joined:
     """Open or resume the session for its owner, lease the socket on it; return the `session` frame.
 
     Raise SessionForbidden when someone else owns it, SocketLimitReached when
-    the caller holds too many sockets already.
+    the caller holds too many sockets already. The frame says whether a turn
+    is running (its frames follow, replayed) and the last frame_seq of the
+    finished turns.
     """
     model = chat_model_get()
     visitor = visitor_key(user_id=user_id, anon_key=anon_key)
@@ -68,14 +78,23 @@ def session_join(
             address=address,
             seconds=settings.CHAT_SOCKET_LEASE_SECONDS,
         )
-    return {
+    session = opened.session
+    running = session.turn_lease is not None
+    history = []
+    if opened.resumed:
+        before = session.turn_started_at if running else None
+        history = selectors.session_history(session_id=session_id, before=before)
+    frame = {
         "type": "session",
         "session_id": str(session_id),
         "resumed": opened.resumed,
-        "history": selectors.session_history(session_id=session_id) if opened.resumed else [],
+        "history": history,
         "model": model.model,
         "llm_mode": model.mode,
+        "turn_running": running,
+        "frame_seq": session.frame_seq,
     }
+    return Joined(frame=frame, turn_owner=session.turn_owner if running else "")
 
 
 def socket_leave(*, session_id: UUID, lease_id: UUID) -> bool:
@@ -83,11 +102,14 @@ def socket_leave(*, session_id: UUID, lease_id: UUID) -> bool:
     return services.socket_leave(session_id=session_id, lease_id=lease_id)
 
 
-def turn_claim(*, session_id: UUID, lease_id: UUID) -> bool:
-    """Claim the session's single turn slot for this socket; False when another turn is running."""
-    return services.turn_claim(session_id=session_id, lease_id=lease_id, stale_after=TURN_STALE_AFTER)
+def turn_claim(*, session_id: UUID, lease_id: UUID, owner: str) -> int | None:
+    """Claim the session's single turn slot for this socket; return the frame_seq base, None when busy."""
+    return services.turn_claim(session_id=session_id, lease_id=lease_id, stale_after=TURN_STALE_AFTER, owner=owner)
 
 
-def turn_release(*, session_id: UUID, lease_id: UUID) -> None:
-    """Free the session's turn slot."""
-    services.turn_release(session_id=session_id, lease_id=lease_id)
+def turn_owner(*, session_id: UUID) -> str:
+    """Return the channel of the process running the session's turn ("" when none runs)."""
+    return (
+        ChatSession.objects.filter(pk=session_id, turn_lease__isnull=False).values_list("turn_owner", flat=True).first()
+        or ""
+    )

@@ -1,10 +1,11 @@
 """One chat turn: record the user's message, stream the reply through tool rounds, record it.
 
-The consumer starts a `Turn` (its own task) and cancels it with a reason,
-`turn.cancel(STOP)` or `turn.cancel(CLIENT_GONE)`; the reason is kept on the
-Turn, since a cancel landing in a database call loses the CancelledError's
-message. The reply produced so far is recorded either way, and the turn always
-ends with one `done` frame while the client is there to receive it.
+The consumer starts a `Turn` (its own task, detached from the socket: see
+`chat.streams`) and it is cancelled with a reason, `turn.cancel(STOP)` or
+`turn.cancel(CLIENT_GONE)` when nobody followed it for a while; the reason is
+kept on the Turn, since a cancel landing in a database call loses the
+CancelledError's message. The reply produced so far is recorded either way,
+and the turn always ends with one `done` frame.
 """
 
 import asyncio
@@ -294,7 +295,17 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
 class Turn:
     """A running turn: its task, and cancellation that is refused once the turn is finishing."""
 
-    def __init__(self, *, session_id: UUID, lease_id: UUID, visitor: str, content: str, emit: Emit) -> None:
+    def __init__(
+        self,
+        *,
+        session_id: UUID,
+        lease_id: UUID,
+        visitor: str,
+        content: str,
+        emit: Emit,
+        frame_seq_next: Callable[[], int] | None = None,
+    ) -> None:
+        self.lease_id = lease_id
         self.started = False
         self.finishing = False
         # Set once the turn is released, just before `done` is sent.
@@ -304,7 +315,15 @@ class Turn:
         # during a database call.
         self.cancel_reason: str | None = None
         self.task = asyncio.create_task(
-            turn_run(session_id=session_id, lease_id=lease_id, visitor=visitor, content=content, emit=emit, turn=self)
+            turn_run(
+                session_id=session_id,
+                lease_id=lease_id,
+                visitor=visitor,
+                content=content,
+                emit=emit,
+                turn=self,
+                frame_seq_next=frame_seq_next,
+            )
         )
 
     def running(self) -> bool:
@@ -334,9 +353,20 @@ class Turn:
 
 
 async def turn_run(
-    *, session_id: UUID, lease_id: UUID, content: str, emit: Emit, visitor: str = "", turn: Turn | None = None
+    *,
+    session_id: UUID,
+    lease_id: UUID,
+    content: str,
+    emit: Emit,
+    visitor: str = "",
+    turn: Turn | None = None,
+    frame_seq_next: Callable[[], int] | None = None,
 ) -> None:
-    """Run one user turn to its end, sending frames through `emit`; charge its tokens to the visitor."""
+    """Run one user turn to its end, sending frames through `emit`; charge its tokens to the visitor.
+
+    `frame_seq_next`: the number the next frame sent gets; the turn's release
+    records that of its `done` as the session's last frame_seq.
+    """
     if turn is not None:
         turn.started = True
     reply = Reply(turn_id=uuid.uuid4().hex)
@@ -370,18 +400,8 @@ async def turn_run(
         outcome["error_code"] = "internal"
     if turn is not None:
         turn.finishing = True
-    # A stopped turn's client is still there; one that left (client_gone) is not.
-    client_there = outcome.get("stop_reason") in (None, STOP)
     try:
-        await _turn_finish(
-            session_id=session_id,
-            model=model,
-            reply=reply,
-            outcome=outcome,
-            error=error,
-            emit=emit,
-            client_there=client_there,
-        )
+        await _turn_finish(session_id=session_id, model=model, reply=reply, outcome=outcome, error=error, emit=emit)
     finally:
         try:
             await database_retry(
@@ -390,6 +410,7 @@ async def turn_run(
                 session_id=session_id,
                 lease_id=lease_id,
                 reply_missing=reply.user_recorded and not reply.recorded,
+                frame_seq=frame_seq_next() if frame_seq_next is not None else None,
             )
         except Exception:
             # The claim stays with this socket, which may claim again; another
@@ -399,17 +420,16 @@ async def turn_run(
     # client may send its next message the moment it reads `done`.
     if turn is not None:
         turn.answered = True
-    if client_there:
-        await emit(
-            {
-                "type": "done",
-                "stopped": outcome["stopped"],
-                "usage": reply.usage(),
-                "ttft_ms": reply.ttft_ms,
-                "duration_ms": reply.elapsed_ms(),
-                "model": reply.strategy.get("model", model.model),
-            }
-        )
+    await emit(
+        {
+            "type": "done",
+            "stopped": outcome["stopped"],
+            "usage": reply.usage(),
+            "ttft_ms": reply.ttft_ms,
+            "duration_ms": reply.elapsed_ms(),
+            "model": reply.strategy.get("model", model.model),
+        }
+    )
     if visitor:
         try:
             await token_budget_charge(visitor=visitor, tokens=reply.prompt_tokens + reply.completion_tokens)
@@ -425,7 +445,6 @@ async def _turn_finish(
     outcome: dict[str, Any],
     error: LLMError | None,
     emit: Emit,
-    client_there: bool,
 ) -> None:
     """Send the error frame and record the reply (and the error)."""
     if error is not None:
@@ -455,5 +474,5 @@ async def _turn_finish(
             reply.turn_id,
             sum(len(part) for part in reply.parts),
         )
-        if client_there and error is None:
+        if error is None:
             await emit({"type": "error", "code": "internal", "message": "The reply could not be saved."})

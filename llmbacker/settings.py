@@ -149,6 +149,8 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # under Redis's maxclients (10,000 by default).
 REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=1000)
 
+CHANNEL_CAPACITY = 1000
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -157,12 +159,17 @@ if REDIS_URL:
             # redis-py 8 defaults to a 5 s socket timeout, which kills the
             # layer's blocking reads (channels_redis#422): keep it above that.
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": REDIS_MAX_CONNECTIONS}]
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": REDIS_MAX_CONNECTIONS}],
+                # Messages waiting on one channel: a socket of another process
+                # following a fast reply may fall a few hundred frames behind.
+                "capacity": CHANNEL_CAPACITY,
             },
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": CHANNEL_CAPACITY}}
+    }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 # Without a broker, tasks run in process when they are queued.
@@ -252,6 +259,12 @@ CHAT_MAX_SOCKETS_PER_VISITOR = env.int("CHAT_MAX_SOCKETS_PER_VISITOR", default=2
 CHAT_MAX_SOCKETS_PER_ADDRESS = env.int("CHAT_MAX_SOCKETS_PER_ADDRESS", default=200)
 # How long a reply or a socket's leave keeps retrying while the database is away.
 CHAT_DB_RETRY_SECONDS = env.float("CHAT_DB_RETRY_SECONDS", default=15.0)
+# A reply goes on when its socket leaves (a reload, a dropped network), so the
+# page can pick it up again; with no socket of the session connected for this
+# long it is stopped (recorded as client_gone). 0: stop as soon as nobody is.
+CHAT_UNATTENDED_REPLY_SECONDS = env.float("CHAT_UNATTENDED_REPLY_SECONDS", default=120.0)
+# How long a finished turn's frames stay in its process for a socket resuming late.
+CHAT_RESUME_GRACE_SECONDS = env.float("CHAT_RESUME_GRACE_SECONDS", default=60.0)
 
 # One handler, on the root logger: daphne's own logging setup then adds none
 # (every line was printed twice), and Celery's worker replaces it with its own.

@@ -195,12 +195,19 @@ def avisitor(make_visitor):
 class ChatClient:
     """A WebSocket client of the real ASGI app (origin check, auth, routing, consumer)."""
 
-    def __init__(self, visitor: Visitor | None, session_id: uuid.UUID | None = None, origin: bytes = ORIGIN):
+    def __init__(
+        self,
+        visitor: Visitor | None,
+        session_id: uuid.UUID | None = None,
+        origin: bytes = ORIGIN,
+        after: int | None = None,
+    ):
         from llmbacker.asgi import application
 
         self.session_id = session_id or uuid.uuid4()
         headers = visitor.headers(origin) if visitor else [(b"origin", origin)]
-        self.comm = WebsocketCommunicator(application, f"/ws/session/{self.session_id}/", headers=headers)
+        path = f"/ws/session/{self.session_id}/" + (f"?after={after}" if after is not None else "")
+        self.comm = WebsocketCommunicator(application, path, headers=headers)
 
     async def connect(self) -> dict[str, Any]:
         """Connect and return the `session` frame."""

@@ -384,7 +384,7 @@ async def test_a_second_message_while_replying_is_busy(avisitor, fake_groq):
     await client.close()
 
 
-async def test_a_second_socket_on_the_same_session_is_busy_during_a_turn(avisitor, fake_groq):
+async def test_a_second_socket_on_the_same_session_sees_the_turn_live_and_is_busy_during_it(avisitor, fake_groq):
     visitor = await avisitor()
     fake_groq.enqueue(text_reply(SLOW_TEXT, delay=0.05))
     first = ChatClient(visitor)
@@ -392,11 +392,18 @@ async def test_a_second_socket_on_the_same_session_is_busy_during_a_turn(avisito
     second = ChatClient(visitor, session_id=first.session_id)
     assert (await second.connect())["resumed"] is True
     await first.send({"type": "message", "content": "first"})
-    await tokens(first, 2)
+    seen_first = await tokens(first, 2)
     await second.send({"type": "message", "content": "from the other tab"})
-    assert (await second.until("error"))[-1]["code"] == "busy"
     await first.send({"type": "stop"})
-    await first.until("done")
+    seen_first += await first.until("done")
+    seen_second = await second.until("done")
+    # The other tab is told of the message, then sent the same numbered frames.
+    assert seen_second[0]["type"] == "user_message" and seen_second[0]["content"] == "first"
+    assert [f for f in seen_second if f["type"] == "error"][0]["code"] == "busy"
+    numbered = [f for f in seen_second if "frame_seq" in f]
+    assert [f["frame_seq"] for f in numbered] == list(range(1, len(numbered) + 1))
+    assert text_of(seen_second) == text_of(seen_first) != ""
+    assert seen_first[-1]["stopped"] is True and seen_second[-1] == seen_first[-1]
     # The first socket leaving does not end the session while the second is open.
     await first.close()
     assert (await session_of(first.session_id)).status == SessionStatus.ACTIVE
@@ -651,7 +658,9 @@ async def test_a_database_down_at_connect_is_an_error_then_a_4500_close(avisitor
     await client.close()
 
 
-async def test_a_client_leaving_mid_reply_keeps_the_partial_reply_and_ends_the_session(avisitor, fake_groq):
+async def test_a_client_leaving_mid_reply_keeps_the_partial_reply_and_ends_the_session(avisitor, fake_groq, settings):
+    """With nobody left to read it (CHAT_UNATTENDED_REPLY_SECONDS 0), the reply stops at once."""
+    settings.CHAT_UNATTENDED_REPLY_SECONDS = 0
     fake_groq.enqueue(text_reply(SLOW_TEXT, delay=0.05))
     client = ChatClient(await avisitor())
     await client.connect()

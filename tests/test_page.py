@@ -191,3 +191,55 @@ def test_after_a_server_restart_the_page_reconnects_and_keeps_the_session(
     finished(page)
     expect(page.locator(".msg[data-role='user']")).to_have_count(2)
     shot(page, "14-reconnected")
+
+
+SLOW_REPLY = " ".join(f"word{n}" for n in range(200))
+
+
+def test_a_reload_mid_reply_picks_the_stream_up_again(daphne_server, browser_page, fake_groq_server):
+    fake_groq_server.reset()
+    page = browser_page
+    chat_open(page, daphne_server)
+    send(page, "please be slow")
+    expect(page.locator(ASSISTANT).last.locator(".msg-text")).to_contain_text("word5", timeout=10_000)
+    page.reload()
+    expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    # The reply went on at the server: the page shows the text so far, then the rest streams in.
+    expect(page.locator(ASSISTANT).last).to_have_class(re.compile(r"\bstreaming\b"))
+    expect(page.locator("#stop")).to_be_visible()
+    expect(page.locator(ASSISTANT).last).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=20_000)
+    expect(page.locator(".msg[data-role='user'] .msg-text")).to_have_text(["please be slow"])
+    expect(page.locator(ASSISTANT)).to_have_count(1)
+    assert page.locator(ASSISTANT).last.locator(".msg-text").inner_text().split() == SLOW_REPLY.split()
+    shot(page, "15-reload-resumed")
+
+
+def test_two_pages_on_one_session_both_stream_and_stop_in_either_stops_both(
+    daphne_server, browser_page, fake_groq_server
+):
+    fake_groq_server.reset()
+    first = browser_page
+    chat_open(first, daphne_server)
+    session_id = first.locator("#session-id").inner_text().strip()
+    second = first.context.new_page()
+    second.goto(f"{daphne_server}/?session={session_id}")
+    expect(second.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    send(first, "please be slow")
+    for page in (first, second):
+        expect(page.locator(ASSISTANT).last.locator(".msg-text")).to_contain_text("word3", timeout=10_000)
+    expect(second.locator(".msg[data-role='user'] .msg-text")).to_have_text(["please be slow"])
+    second.click("#stop")
+    for page in (first, second):
+        expect(page.locator(ASSISTANT).last).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=5_000)
+        expect(page.locator(ASSISTANT).last.locator(".msg-meta")).to_contain_text("stopped")
+    texts = [page.locator(ASSISTANT).last.locator(".msg-text").inner_text() for page in (first, second)]
+    assert texts[0] == texts[1] and "word199" not in texts[0]
+    # Both go on: the other tab may send the next message.
+    send(second, "hello from the second tab")
+    for page in (first, second):
+        expect(page.locator(".msg[data-role='user'] .msg-text")).to_have_text(
+            ["please be slow", "hello from the second tab"], timeout=10_000
+        )
+        finished(page)
+    shot(second, "16-two-tabs")
+    second.close()

@@ -213,37 +213,44 @@ def test_only_the_owner_may_open_a_session():
 
 
 def test_one_turn_at_a_time_per_session():
+    """A claim returns the frame_seq the turn numbers its frames after; a busy session returns None."""
     session = session_with_messages()
     stale_after = timedelta(minutes=10)
     tab, other_tab = lease(session), lease(session)
-    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is True
-    assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after) is False
-    services.turn_release(session_id=session.id, lease_id=tab)
-    assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after) is True
-    # A hung turn is taken over after `stale_after` even though its socket is live.
+    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after, owner="turns.a") == 0
+    assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after) is None
+    assert ChatSession.objects.get(pk=session.pk).turn_owner == "turns.a"
+    services.turn_release(session_id=session.id, lease_id=tab, frame_seq=7)
+    released = ChatSession.objects.get(pk=session.pk)
+    assert (released.turn_lease, released.turn_owner, released.frame_seq) == (None, "", 7)
+    assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after) == 7
+    # A hung turn is taken over after `stale_after` even though its socket is live; its
+    # frames were never recorded, so the next turn numbers its frames well past them.
     ChatSession.objects.filter(pk=session.pk).update(turn_started_at=timezone.now() - timedelta(minutes=11))
-    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is True
+    taken_over = services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after)
+    assert taken_over == 7 + services.ORPHAN_FRAME_GAP
 
 
 def test_a_turn_claim_is_free_once_its_sockets_lease_runs_out():
     session = session_with_messages()
     stale_after = timedelta(minutes=10)
     crashed, survivor = lease(session), lease(session)
-    assert services.turn_claim(session_id=session.id, lease_id=crashed, stale_after=stale_after) is True
-    assert services.turn_claim(session_id=session.id, lease_id=survivor, stale_after=stale_after) is False
+    assert services.turn_claim(session_id=session.id, lease_id=crashed, stale_after=stale_after) == 0
+    assert services.turn_claim(session_id=session.id, lease_id=survivor, stale_after=stale_after) is None
     SocketLease.objects.filter(pk=crashed).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert services.turn_claim(session_id=session.id, lease_id=survivor, stale_after=stale_after) is True
+    assert services.turn_claim(session_id=session.id, lease_id=survivor, stale_after=stale_after) is not None
     # The late release of the crashed socket's turn leaves the new claim alone.
-    services.turn_release(session_id=session.id, lease_id=crashed)
-    assert ChatSession.objects.get(pk=session.pk).turn_lease == survivor
+    services.turn_release(session_id=session.id, lease_id=crashed, frame_seq=3)
+    after = ChatSession.objects.get(pk=session.pk)
+    assert (after.turn_lease, after.frame_seq) == (survivor, services.ORPHAN_FRAME_GAP)
 
 
 def test_a_socket_whose_release_failed_may_claim_its_next_turn():
     session = session_with_messages()
     tab = lease(session)
     stale_after = timedelta(minutes=10)
-    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is True
-    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is True
+    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is not None
+    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is not None
 
 
 def test_a_broker_outage_does_not_stop_a_session_ending(broker_down, caplog):

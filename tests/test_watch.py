@@ -38,7 +38,7 @@ async def test_staff_watch_another_visitors_turn_live(avisitor):
     seen = []
     while not seen or seen[-1]["type"] != "done":
         seen.append(await watch.receive_json_from(timeout=5))
-    assert seen[0] == {"type": "user_message", "content": "What time is it in Asia/Tokyo?"}
+    assert seen[0] == {"type": "user_message", "content": "What time is it in Asia/Tokyo?", "frame_seq": 1}
     assert seen[1:] == frames
     await watch.disconnect()
     await chat.close()

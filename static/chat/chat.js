@@ -15,6 +15,8 @@
   const CLOSE_FORBIDDEN = 4403;
   // Errors the server sends *instead of* starting a turn: no `done` follows them.
   const NO_TURN_ERRORS = new Set(["busy", "invalid_message", "invalid_json", "message_too_large", "rate_limited"]);
+  // The running reply cannot be followed (its server went away): no `done` will come for it.
+  const REPLY_UNAVAILABLE = "reply_unavailable";
   // Any other error during a turn is normally followed by `done`; if none comes within this
   // time the turn never started (e.g. the server could not claim it), so unlock the UI anyway.
   const ERROR_DONE_GRACE_MS = 5000;
@@ -65,6 +67,11 @@
     historyToken: null, // set per `session` frame; a later send/switch voids a pending rich history
     sessionsSeq: 0, // newest /api/sessions/ request; older answers are dropped
     sessions: [],
+    // The last frame_seq seen on this session: a reconnect asks for the frames after it.
+    frameSeq: 0,
+    lastUserMsg: null, // the last user message of the rendered history (see onUserMessage)
+    notice: null, // an error box to show once the next session frame has drawn the history
+    focusedOnce: false, // the input takes the focus when the first session frame arrives
   };
 
   let turn = turnNew();
@@ -218,6 +225,14 @@
     }
   }
 
+  function storageRemove(key) {
+    try {
+      window.localStorage.removeItem(key);
+    } catch (_) {
+      /* see storageGet */
+    }
+  }
+
   function storageSet(key, value) {
     try {
       window.localStorage.setItem(key, value);
@@ -263,9 +278,11 @@
 
   /* ---------- connection ---------- */
 
+  /* A reply this page was showing when its socket dropped is picked up where it stopped (?after=). */
   function socketUrl(sessionId) {
     const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${window.location.host}/ws/session/${sessionId}/`;
+    const after = turn.running && state.frameSeq > 0 ? `?after=${state.frameSeq}` : "";
+    return `${scheme}//${window.location.host}/ws/session/${sessionId}/${after}`;
   }
 
   function connect() {
@@ -296,19 +313,21 @@
     });
   }
 
+  /* A reply streaming when the socket drops goes on at the server: it stays open here, to be resumed. */
   function socketClosed(event) {
     state.socket = null;
     state.ready = false;
     pingStop();
-    turnInterrupt();
     if (event.code === CLOSE_UNAUTHORIZED) {
+      turnInterrupt();
       state.disconnected = true;
       statusSet("disconnected");
       noticeLoginRequired();
     } else if (event.code === CLOSE_FORBIDDEN) {
+      turnInterrupt();
       state.disconnected = true;
       statusSet("disconnected");
-      noticeForbidden();
+      forbiddenFallback();
     } else {
       state.reconnecting = true;
       statusSet("reconnecting");
@@ -365,6 +384,7 @@
 
   const FRAME_HANDLERS = {
     session: onSession,
+    user_message: onUserMessage,
     token: onToken,
     tool_call: onToolCall,
     tool_result: onToolResult,
@@ -381,6 +401,7 @@
       console.warn("ignoring a frame that is not JSON");
       return;
     }
+    if (frame && Number.isInteger(frame.frame_seq)) state.frameSeq = Math.max(state.frameSeq, frame.frame_seq);
     const handler = frame && FRAME_HANDLERS[frame.type];
     if (handler) handler(frame);
     else console.debug("ignoring an unknown frame", frame);
@@ -394,15 +415,46 @@
       app.dataset.model = frame.model;
       if (els.modelName) els.modelName.textContent = frame.model;
     }
-    // Replace, not append: after a reconnect the history is sent again.
-    historyRender(Array.isArray(frame.history) ? frame.history : []);
+    const base = Number.isInteger(frame.frame_seq) ? frame.frame_seq : 0;
+    // This page was showing the running reply (it has frames past the reply's start): the frames
+    // after them follow, so keep what is drawn. Otherwise draw the history again (replace, not append);
+    // a running reply then follows from its start, its user message first.
+    const resuming = frame.turn_running === true && turn.running && state.frameSeq > base;
+    if (!resuming) {
+      state.frameSeq = base;
+      historyRender(Array.isArray(frame.history) ? frame.history : []);
+    }
     statusSet("connected");
     controlsUpdate();
     sessionsRefresh();
+    if (state.notice) {
+      els.messages.appendChild(state.notice);
+      state.notice = null;
+    }
+    if (!state.focusedOnce) {
+      state.focusedOnce = true;
+      els.input.focus({ preventScroll: true });
+    }
     // A resumed session: redraw it from its recorded events (tool cards, figures), once they arrive.
     const token = {};
     state.historyToken = token;
-    if (frame.resumed) historyRichLoad(state.sessionId, token);
+    if (frame.resumed && !frame.turn_running) historyRichLoad(state.sessionId, token);
+  }
+
+  /* A message sent from another tab (or this one before a reload): its reply follows. */
+  function onUserMessage(frame) {
+    const content = typeof frame.content === "string" ? frame.content : "";
+    if (turn.running) {
+      if (turn.userMsg && !turn.assistant && turn.userMsg.raw === content) return; // already shown
+      turnInterrupt();
+    }
+    // The history drawn a moment ago may already hold it, as its last message.
+    const last = state.lastUserMsg;
+    const shown = last && last.raw === content && els.messages.lastElementChild === last.el;
+    const userMsg = shown ? last : messageAppend("user", content);
+    state.historyToken = null; // a rich history arriving now would wipe the reply
+    turnBegin(userMsg);
+    scrollFollow();
   }
 
   function onToken(frame) {
@@ -430,12 +482,15 @@
   }
 
   function onDone(frame) {
+    const stopFocused = document.activeElement === els.stop;
     let msg = turn.assistant;
     // A turn that ended with no output still gets its (empty) bubble, as the history will show it;
     // except after an error, which already says what happened.
     if (!msg && !turn.hadError) msg = assistantEnsure();
     if (msg) assistantFinish(msg, figuresFrom(frame));
     turnEnd();
+    // The stop button just hid itself: the reader goes on typing.
+    if (stopFocused || document.activeElement === document.body) els.input.focus({ preventScroll: true });
     scrollFollow();
     sessionsRefresh();
   }
@@ -446,6 +501,10 @@
     else els.messages.appendChild(box);
     scrollFollow();
     if (!turn.running) return; // an error outside a turn: nothing to unlock
+    if (frame.code === REPLY_UNAVAILABLE) {
+      turnInterrupt();
+      return;
+    }
 
     turn.hadError = true;
     if (!turn.assistant && NO_TURN_ERRORS.has(frame.code)) {
@@ -567,10 +626,12 @@
   function historyRender(history) {
     turnReset();
     els.messages.replaceChildren();
+    state.lastUserMsg = null;
     for (const item of history) {
       if (!item || (item.role !== "user" && item.role !== "assistant")) continue;
       const msg = messageAppend(item.role, typeof item.content === "string" ? item.content : "", item.created_at);
       if (item.role === "assistant") assistantFinish(msg, { meta: "", stopped: false, title: "" });
+      else state.lastUserMsg = msg;
     }
     state.stickToBottom = true;
     scrollFollow();
@@ -837,6 +898,29 @@
     scrollFollow();
   }
 
+  /* Someone else's session (an old link, say): forget it here, and show the visitor's own latest one. */
+  function forbiddenFallback() {
+    const refused = state.sessionId;
+    if (storageGet(SESSION_STORAGE_KEY) === refused) storageRemove(SESSION_STORAGE_KEY);
+    fetch("/api/sessions/", { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then((response) => (response.ok ? response.json() : Promise.reject(new Error(`HTTP ${response.status}`))))
+      .then((body) => {
+        if (state.sessionId !== refused) return; // the reader moved on meanwhile
+        const others = body && Array.isArray(body.sessions) ? body.sessions.filter((s) => s && s.id !== refused) : [];
+        const own = others.find((s) => s.turns > 0) || others[0];
+        if (!own) {
+          noticeForbidden();
+          return;
+        }
+        state.notice = errorBuild(
+          "forbidden",
+          "The session in the link belongs to someone else; here is your latest session instead.",
+        );
+        sessionOpen(own.id, "keep");
+      })
+      .catch(() => noticeForbidden());
+  }
+
   function noticeForbidden() {
     const box = errorBuild("forbidden", "This session belongs to someone else, so it cannot be opened here.");
     const button = elementWith("button", "btn error-action", "Start a new session");
@@ -974,6 +1058,7 @@
   function sessionOpen(id, urlMode) {
     socketDrop();
     turnReset();
+    state.frameSeq = 0;
     state.historyToken = null;
     els.messages.replaceChildren();
     state.reconnecting = false;
