@@ -221,7 +221,10 @@ def test_two_pages_on_one_session_both_stream_and_stop_in_either_stops_both(
     first = browser_page
     chat_open(first, daphne_server)
     session_id = first.locator("#session-id").inner_text().strip()
-    second = first.context.new_page()
+    # Another tab of the same visitor: the same cookies.
+    context = first.context.browser.new_context()
+    context.add_cookies(first.context.cookies())
+    second = context.new_page()
     second.goto(f"{daphne_server}/?session={session_id}")
     expect(second.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
     send(first, "please be slow")
@@ -242,4 +245,31 @@ def test_two_pages_on_one_session_both_stream_and_stop_in_either_stops_both(
         )
         finished(page)
     shot(second, "16-two-tabs")
-    second.close()
+    context.close()
+
+
+def test_a_link_to_someone_elses_session_falls_back_to_the_visitors_own(daphne_server, browser_page, fake_groq_server):
+    fake_groq_server.reset()
+    owner = browser_page
+    chat_open(owner, daphne_server)
+    send(owner, "mine alone")
+    finished(owner)
+    foreign_id = owner.locator("#session-id").inner_text().strip()
+    # Another visitor, who has a session of their own.
+    context = owner.context.browser.new_context()
+    visitor = context.new_page()
+    chat_open(visitor, daphne_server)
+    send(visitor, "my own chat")
+    finished(visitor)
+    own_id = visitor.locator("#session-id").inner_text().strip()
+
+    visitor.goto(f"{daphne_server}/?session={foreign_id}")
+    expect(visitor.locator(".msg-error .error-code")).to_have_text("forbidden", timeout=10_000)
+    expect(visitor.locator("#session-id")).to_have_text(own_id)
+    expect(visitor.locator(".msg[data-role='user'] .msg-text")).to_have_text(["my own chat"])
+    assert f"session={own_id}" in visitor.url
+    # A later visit is not stuck on the refused session.
+    visitor.goto(daphne_server + "/")
+    expect(visitor.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    expect(visitor.locator("#session-id")).to_have_text(own_id)
+    context.close()

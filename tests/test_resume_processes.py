@@ -129,9 +129,13 @@ async def test_a_reply_cut_at_any_token_and_resumed_on_either_process_is_whole(t
     watcher = await Socket.open(two_daphnes[0], session_id, cookie)
     watched: list[dict] = []
 
+    all_seen = asyncio.Event()
+
     async def watch() -> None:
         while True:
             watched.append(await watcher.receive(timeout=120))
+            if [frame["type"] for frame in watched].count("done") == RUNS:
+                all_seen.set()
 
     watching = asyncio.create_task(watch())
     words = len(TEXT.split())
@@ -160,6 +164,8 @@ async def test_a_reply_cut_at_any_token_and_resumed_on_either_process_is_whole(t
             position = seqs[-1]
             # The turn was released before `done`: the next message, on any process, is not `busy`.
             await again.ws.close()
+        # The last turn's frames may still be on their way to the tab that stayed open.
+        await asyncio.wait_for(all_seen.wait(), 15)
     finally:
         watching.cancel()
     await watcher.ws.close()
