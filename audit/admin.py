@@ -79,6 +79,19 @@ class HadToolCallsFilter(CountFilter):
     field = "tool_call_count"
 
 
+class DeletedByOwnerFilter(admin.SimpleListFilter):
+    title = "deleted by its owner"
+    parameter_name = "deleted"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(deleted_at__isnull=self.value() == "no")
+        return queryset
+
+
 class SummaryStatusFilter(admin.SimpleListFilter):
     title = "summary"
     parameter_name = "summary"
@@ -116,6 +129,7 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         HadErrorsFilter,
         HadToolCallsFilter,
         SummaryStatusFilter,
+        DeletedByOwnerFilter,
         ("user", admin.RelatedOnlyFieldListFilter),
     ]
     # Message text and summaries are searched by get_search_results (full-text on PostgreSQL).
@@ -135,6 +149,8 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "model",
         "llm_mode",
         "title",
+        "title_by_owner",
+        "deleted_at",
         "started_at",
         "last_activity_at",
         "ended_at",

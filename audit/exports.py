@@ -64,6 +64,7 @@ def event_as_json(event: Event) -> dict[str, Any]:
         "content": event.content,
         "data": event.data,
         "created_at": event.created_at.isoformat(),
+        "superseded": event.superseded,
     }
 
 

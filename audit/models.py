@@ -40,6 +40,11 @@ class ChatSession(models.Model):
     model = models.CharField(max_length=100, blank=True)
     llm_mode = models.CharField(max_length=16, blank=True, help_text="groq or offline")
     title = models.CharField(max_length=200, blank=True)
+    # The owner named the session: summaries no longer retitle it.
+    title_by_owner = models.BooleanField(default=False)
+    # The owner deleted it: gone from their list and their reach, kept for staff
+    # (the retention setting deletes it for good, like any other session).
+    deleted_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_activity_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -116,6 +121,9 @@ class Event(models.Model):
     content = models.TextField(blank=True)
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Replaced by a later turn (the user regenerated the reply or edited the message):
+    # kept for the record, left out of the conversation and of what the user sees.
+    superseded = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["session", "seq"]

@@ -31,9 +31,18 @@ def session_turn_state(*, session_id: UUID) -> TurnState:
     return TurnState(*ChatSession.objects.filter(pk=session_id).values_list(*fields).get())
 
 
-def session_events(*, session_id: UUID, after_seq: int = 0) -> list[Event]:
-    """Return the session's events in order (those after `after_seq`)."""
-    return list(Event.objects.filter(session_id=session_id, seq__gt=after_seq).order_by("seq"))
+def session_events(*, session_id: UUID, after_seq: int = 0, superseded: bool = True) -> list[Event]:
+    """Return the session's events in order, those after `after_seq` (and only those still live unless `superseded`)."""
+    events = Event.objects.filter(session_id=session_id, seq__gt=after_seq)
+    if not superseded:
+        events = events.filter(superseded=False)
+    return list(events.order_by("seq"))
+
+
+def last_user_message(*, session_id: UUID) -> str | None:
+    """Return the text of the session's last user message still in the conversation, or None."""
+    messages = Event.objects.filter(session_id=session_id, type=EventType.USER_MESSAGE, superseded=False)
+    return messages.order_by("-seq").values_list("content", flat=True).first()
 
 
 def session_history(*, session_id: UUID, before: datetime | None = None) -> list[dict]:
@@ -42,7 +51,9 @@ def session_history(*, session_id: UUID, before: datetime | None = None) -> list
     `before`: only those recorded before then (the start of a running turn,
     whose messages reach the client as that turn's frames).
     """
-    events = Event.objects.filter(session_id=session_id, type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE])
+    events = Event.objects.filter(
+        session_id=session_id, type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE], superseded=False
+    )
     if before is not None:
         events = events.filter(created_at__lt=before)
     rows = events.order_by("seq").values_list("type", "content", "created_at")
@@ -57,8 +68,8 @@ def session_history(*, session_id: UUID, before: datetime | None = None) -> list
 
 
 def sessions_owned(*, user_id: int | None, anon_key: str) -> QuerySet[ChatSession]:
-    """Return the caller's sessions, newest first."""
-    sessions = ChatSession.objects.select_related("summary").order_by("-started_at")
+    """Return the caller's sessions, newest first (not those they deleted)."""
+    sessions = ChatSession.objects.filter(deleted_at__isnull=True).select_related("summary").order_by("-started_at")
     if user_id is not None:
         return sessions.filter(user_id=user_id)
     if anon_key:

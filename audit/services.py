@@ -45,7 +45,7 @@ def session_open(*, session_id: UUID, user_id: int | None, anon_key: str, model:
         except IntegrityError:
             # Another connection created it between our read and insert.
             session = ChatSession.objects.select_for_update().get(pk=session_id)
-    if not session_owned_by(session, user_id=user_id, anon_key=anon_key):
+    if not session_owned_by(session, user_id=user_id, anon_key=anon_key) or session.deleted_at is not None:
         raise SessionForbidden(str(session_id))
     session.status = SessionStatus.ACTIVE
     session.ended_at = None
@@ -55,6 +55,16 @@ def session_open(*, session_id: UUID, user_id: int | None, anon_key: str, model:
     session.last_activity_at = timezone.now()
     session.save(update_fields=["status", "ended_at", "duration_seconds", "model", "llm_mode", "last_activity_at"])
     return SessionOpened(session=session, resumed=True)
+
+
+def session_rename(*, session_id: UUID, title: str) -> None:
+    """Name the session as its owner chose; summaries no longer retitle it."""
+    ChatSession.objects.filter(pk=session_id).update(title=title, title_by_owner=True)
+
+
+def session_delete_by_owner(*, session_id: UUID) -> None:
+    """The owner deleted the session: hide it from them for good, keep it for staff (retention still applies)."""
+    ChatSession.objects.filter(pk=session_id, deleted_at__isnull=True).update(deleted_at=timezone.now())
 
 
 def socket_lease_open(*, session_id: UUID, lease_id: UUID, visitor: str, address: str, seconds: float) -> None:
@@ -149,7 +159,13 @@ def _title_from(message: str) -> str:
 
 @transaction.atomic
 def event_record(
-    *, session_id: UUID, type: str, content: str = "", data: dict[str, Any] | None = None, retrying: bool = False
+    *,
+    session_id: UUID,
+    type: str,
+    content: str = "",
+    data: dict[str, Any] | None = None,
+    retrying: bool = False,
+    supersede: bool = False,
 ) -> Event:
     """Append an event to the session with the next seq, and update the session's counters.
 
@@ -160,6 +176,10 @@ def event_record(
     first may have committed before the failure, so an event of this type
     already recorded for the same `data["turn_id"]` is returned instead of
     recorded twice.
+
+    `supersede` (a user message that regenerates or edits the last one): the
+    last turn's events, from its user message on, are marked superseded in
+    the same transaction, and `data["supersedes"]` names that message's seq.
     """
     content, data = _storable(content), _storable(data or {})
     if retrying and data.get("turn_id"):
@@ -185,6 +205,12 @@ def event_record(
     if not ChatSession.objects.filter(pk=session_id).update(**changes):
         raise ChatSession.DoesNotExist(str(session_id))
     seq = ChatSession.objects.filter(pk=session_id).values_list("next_seq", flat=True).get() - 1
+    if supersede:
+        live = Event.objects.filter(session_id=session_id, superseded=False)
+        last = live.filter(type=EventType.USER_MESSAGE).order_by("-seq").values_list("seq", flat=True).first()
+        if last is not None:
+            live.filter(seq__gte=last).update(superseded=True)
+            data["supersedes"] = last
     return Event.objects.create(session_id=session_id, seq=seq, type=type, content=content, data=data, created_at=now)
 
 
@@ -241,6 +267,9 @@ def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta, owne
     stale = Q(turn_lease=lease_id) | ~Exists(holder_live) | Q(turn_started_at__lt=now - stale_after)
     with transaction.atomic():
         if not sessions.filter(stale).update(**claim, frame_seq=F("frame_seq") + ORPHAN_FRAME_GAP):
+            if not sessions.exists():
+                # Deleted as empty while its socket could not renew its lease (see `session_end`).
+                raise ChatSession.DoesNotExist(str(session_id))
             return None
         turn_orphan_close(session_id=session_id)
         return sessions.values_list("frame_seq", flat=True).get()
@@ -292,7 +321,9 @@ def turn_release(
 def session_end(*, session_id: UUID) -> bool:
     """End the session and queue its summary once the transaction commits.
 
-    Return False when it was already ended. A session with no messages gets no summary.
+    Return False when it was already ended. A session in which nothing was
+    ever recorded (a page opened and left) is deleted instead: it holds
+    nothing to audit, and would only fill the visitor's list.
     """
     session = ChatSession.objects.select_for_update().filter(pk=session_id).first()
     if session is None or session.status == SessionStatus.ENDED:
@@ -300,10 +331,13 @@ def session_end(*, session_id: UUID) -> bool:
     if session.turn_lease is not None:
         # Its turn's socket vanished mid-reply (a crashed process).
         if turn_orphan_close(session_id=session_id):
-            session.refresh_from_db(fields=["message_count"])
+            session.refresh_from_db(fields=["message_count", "next_seq"])
         session.turn_started_at = session.turn_lease = None
         session.turn_owner = ""
         session.frame_seq += ORPHAN_FRAME_GAP
+    if session.next_seq == 1:
+        session.delete()
+        return True
     now = timezone.now()
     session.status = SessionStatus.ENDED
     session.ended_at = now
@@ -439,7 +473,8 @@ def summary_save(*, session_id: UUID, covers_seq: int, fields: SummaryFields) ->
     for name in ("title", "text", "key_topics", "action_items", "sentiment", "model"):
         setattr(summary, name, getattr(fields, name))
     summary.save()
-    ChatSession.objects.filter(pk=session_id).update(title=fields.title[:200])
+    # A title the owner chose stays.
+    ChatSession.objects.filter(pk=session_id, title_by_owner=False).update(title=fields.title[:200])
     return True
 
 

@@ -318,7 +318,8 @@ def transcript_text(events: list[Event]) -> str:
 
 def transcript_build(*, session_id: UUID, through_seq: int) -> str:
     """Return the session's conversation up to `through_seq` as transcript lines."""
-    events = [e for e in selectors.session_events(session_id=session_id) if e.seq <= through_seq]
+    # What the conversation became: replies regenerated and messages edited count as replaced.
+    events = [e for e in selectors.session_events(session_id=session_id, superseded=False) if e.seq <= through_seq]
     return transcript_text(events)
 
 

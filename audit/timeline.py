@@ -25,6 +25,10 @@ class TimelineRow:
     strategy_name: str
     strategy_detail: str
     data: str
+    # Replaced by a later turn (regenerate or edit): shown, marked.
+    superseded: bool = False
+    # A user message that replaced an earlier one: "regenerate" or "edit".
+    resend: str = ""
 
 
 def reply_figures(data: dict[str, Any]) -> str:
@@ -72,6 +76,8 @@ def _row(event: Event) -> TimelineRow:
         strategy_name=strategy_name,
         strategy_detail=strategy_detail,
         data=json.dumps(data, indent=2, ensure_ascii=False) if data else "",
+        superseded=event.superseded,
+        resend=data.get("resend", "") if event.type == EventType.USER_MESSAGE else "",
     )
 
 

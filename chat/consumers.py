@@ -11,6 +11,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import Error as DatabaseError
 
+from audit import selectors
+from audit.models import ChatSession
+
 from . import limits, services
 from .database import database_async
 from .handshake import Caller, caller_identify, user_resolve
@@ -54,6 +57,7 @@ user_resolve_async = database_async(user_resolve)
 socket_leave = database_async(services.socket_leave)
 turn_claim = database_async(services.turn_claim)
 turn_owner = database_async(services.turn_owner)
+last_user_message = database_async(selectors.last_user_message)
 
 # A channel layer that does not answer within this is skipped when leaving.
 LAYER_TIMEOUT_SECONDS = 5.0
@@ -280,8 +284,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self.emit({"type": "pong"})
         elif frame.kind == "stop":
             await self._stop()
-        else:
+        elif frame.kind == "message":
             await self._message(frame.content)
+        else:
+            await self._resend(frame.kind, frame.content)
 
     async def _stop(self) -> None:
         """Stop the session's running reply, wherever it runs; nothing to stop is not an error."""
@@ -291,8 +297,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if owner and owner != hub().channel:
             await hub().request_send(owner, {"type": "turn.stop", "session_id": str(self.session_id)})
 
-    async def _message(self, content: str) -> None:
-        """Start a turn, unless one is running or a limit says no."""
+    async def _resend(self, kind: str, content: str) -> None:
+        """Regenerate the last reply, or replace the last message with `content` (edit), as a new turn."""
+        if hub().turn_running(self.session_id):
+            await self.error("busy", "A reply is still being generated; wait for it or send stop.")
+            return
+        last = await last_user_message(session_id=self.session_id)
+        if last is None:
+            await self.error("invalid_message", f"There is no message to {kind} yet; send one first.")
+            return
+        await self._message(last if kind == "regenerate" else content, resend=kind)
+
+    async def _message(self, content: str, resend: str = "") -> None:
+        """Start a turn, unless one is running or a limit says no. `resend`: see `Turn`."""
         if hub().turn_running(self.session_id):
             await self.error("busy", "A reply is still being generated; wait for it or send stop.")
             return
@@ -311,6 +328,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             owner = ""
         try:
             base = await turn_claim(session_id=self.session_id, lease_id=self.lease_id, owner=owner)
+        except ChatSession.DoesNotExist:
+            # It was deleted as empty while this socket could not renew its lease: connecting again recreates it.
+            await self._refuse_unavailable()
+            return
         except Exception:
             logger.exception("could not claim a turn on session %s", self.session_id)
             await self.error("internal", "The message could not be accepted; try again.")
@@ -321,7 +342,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         stream = hub().stream_open(self.session_id, base)
         # This socket sent the message: its user_message frame goes to the session's other sockets only.
         self.frame_seq_sent = max(self.frame_seq_sent, base + 1)
-        await stream.publish({"type": "user_message", "content": content})
+        await stream.publish({"type": "user_message", "content": content, **({"resend": resend} if resend else {})})
         turn = Turn(
             session_id=self.session_id,
             lease_id=self.lease_id,
@@ -329,6 +350,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             content=content,
             emit=stream.publish,
             frame_seq_next=lambda: stream.last_seq + 1,
+            resend=resend,
         )
         hub().turn_start(stream, turn)
         await hub().turn_announce(self.session_id, base)

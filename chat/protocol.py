@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-FrameKind = Literal["message", "stop", "ping"]
+FrameKind = Literal["message", "edit", "regenerate", "stop", "ping"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,18 @@ def frame_parse(*, text: str | None, binary: bytes | None, max_chars: int) -> Cl
         kind, content = "message", payload["message"]
     else:
         content = payload.get("content")
-    if kind in ("stop", "ping"):
+    if kind in ("stop", "ping", "regenerate"):
         return ClientFrame(kind=kind)
-    if kind != "message":
-        raise FrameError("invalid_message", "Unknown frame type; expected 'message', 'stop' or 'ping'.")
+    if kind not in ("message", "edit"):
+        raise FrameError(
+            "invalid_message", "Unknown frame type; expected 'message', 'edit', 'regenerate', 'stop' or 'ping'."
+        )
     if not isinstance(content, str) or not content.strip():
         raise FrameError("invalid_message", "A message needs a non-empty string 'content'.")
     if len(content) > max_chars:
         raise FrameError("message_too_large", f"Messages are limited to {max_chars} characters.")
     text_check(content)
-    return ClientFrame(kind="message", content=content)
+    return ClientFrame(kind=kind, content=content)
 
 
 def text_check(text: str) -> None:

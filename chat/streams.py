@@ -89,11 +89,14 @@ class Stream:
         """Number the frame, keep it, and send it to every follower (and the staff watching)."""
         numbered = {**frame, "frame_seq": self.last_seq + 1}
         self.frames.append(numbered)
+        # The usual case, one socket of this process and nobody watching, costs one call.
         for follower in list(self.local):
             await follower.frame_deliver(numbered)
-        for channel in list(self.remote):
-            await self._remote_send(channel, numbered)
-        await self.hub.watchers_send(self.session_id, numbered)
+        if self.remote:
+            for channel in list(self.remote):
+                await self._remote_send(channel, numbered)
+        if self.hub.watched_until:
+            await self.hub.watchers_send(self.session_id, numbered)
 
     async def _remote_send(self, channel: str, frame: dict[str, Any]) -> bool:
         """Send a frame to a socket of another process; a channel that fails stops being followed."""

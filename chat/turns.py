@@ -191,7 +191,7 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
     state = await session_turn_state(session_id=session_id)
     context = ToolContext(session_id=session_id, user_id=state.user_id, anon_key=state.anon_key)
     # Only the events the rolling summary does not cover yet are read.
-    events = await session_events(session_id=session_id, after_seq=state.context_summary_seq)
+    events = await session_events(session_id=session_id, after_seq=state.context_summary_seq, superseded=False)
     earlier = state.context_summary
     uncut = messages_build(events=events, system_prompt=settings.CHAT_SYSTEM_PROMPT, earlier=earlier)
     strategy = strategy_choose(
@@ -304,6 +304,7 @@ class Turn:
         content: str,
         emit: Emit,
         frame_seq_next: Callable[[], int] | None = None,
+        resend: str = "",
     ) -> None:
         self.lease_id = lease_id
         self.started = False
@@ -323,6 +324,7 @@ class Turn:
                 emit=emit,
                 turn=self,
                 frame_seq_next=frame_seq_next,
+                resend=resend,
             )
         )
 
@@ -361,11 +363,14 @@ async def turn_run(
     visitor: str = "",
     turn: Turn | None = None,
     frame_seq_next: Callable[[], int] | None = None,
+    resend: str = "",
 ) -> None:
     """Run one user turn to its end, sending frames through `emit`; charge its tokens to the visitor.
 
     `frame_seq_next`: the number the next frame sent gets; the turn's release
-    records that of its `done` as the session's last frame_seq.
+    records that of its `done` as the session's last frame_seq. `resend`
+    ("regenerate" or "edit"): the message replaces the last one, whose turn
+    is marked superseded as this one's message is recorded.
     """
     if turn is not None:
         turn.started = True
@@ -379,7 +384,8 @@ async def turn_run(
             session_id=session_id,
             type=EventType.USER_MESSAGE,
             content=content,
-            data={"turn_id": reply.turn_id},
+            data={"turn_id": reply.turn_id, "resend": resend} if resend else {"turn_id": reply.turn_id},
+            supersede=bool(resend),
         )
         if turn is not None and turn.cancel_reason:
             raise asyncio.CancelledError(turn.cancel_reason)

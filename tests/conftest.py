@@ -10,9 +10,11 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from urllib.request import urlopen
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -205,6 +207,7 @@ class ChatClient:
         from llmbacker.asgi import application
 
         self.session_id = session_id or uuid.uuid4()
+        self.visitor = visitor
         headers = visitor.headers(origin) if visitor else [(b"origin", origin)]
         path = f"/ws/session/{self.session_id}/" + (f"?after={after}" if after is not None else "")
         self.comm = WebsocketCommunicator(application, path, headers=headers)
@@ -299,6 +302,16 @@ def subprocess_env(*, groq_url: str | None, **extra: str) -> dict[str, str]:
         env.update(GROQ_API_KEY="test-key", GROQ_BASE_URL=groq_url)
     env.update(extra)
     return env
+
+
+def visitor_cookie(base_url: str) -> str:
+    """Load the chat page as a browser does; return the `Cookie` header value of the visitor's Django session."""
+    with urlopen(f"{base_url}/", timeout=10) as response:  # noqa: S310 (a local URL)
+        for header in response.headers.get_all("Set-Cookie") or ():
+            cookie = SimpleCookie(header)
+            if settings.SESSION_COOKIE_NAME in cookie:
+                return f"{settings.SESSION_COOKIE_NAME}={cookie[settings.SESSION_COOKIE_NAME].value}"
+    raise AssertionError("the chat page set no session cookie")
 
 
 def port_wait(port: int, process: subprocess.Popen, timeout: float = 30) -> None:

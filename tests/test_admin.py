@@ -262,3 +262,23 @@ def test_the_list_filters_by_any_date_range(staff_client):
     assert f"{january.id}/change/" in page and f"{march.id}/change/" not in page
     drilled = staff_client.get("/admin/audit/chatsession/", {"started_at__year": 2026, "started_at__month": 3})
     assert f"{march.id}/change/" in drilled.content.decode()
+
+
+def test_the_timeline_shows_a_regenerated_turn_marked_superseded(staff_client):
+    session = ChatSession.objects.create(id=uuid.uuid4(), anon_key="r" * 32, model="m")
+    record = services.event_record
+    record(session_id=session.id, type=EventType.USER_MESSAGE, content="which way north?")
+    record(session_id=session.id, type=EventType.ASSISTANT_MESSAGE, content="Up, I think.")
+    record(
+        session_id=session.id,
+        type=EventType.USER_MESSAGE,
+        content="which way north?",
+        data={"resend": "regenerate"},
+        supersede=True,
+    )
+    record(session_id=session.id, type=EventType.ASSISTANT_MESSAGE, content="Follow the compass needle.")
+    page = staff_client.get(f"/admin/audit/chatsession/{session.id}/change/").content.decode()
+    assert page.count('class="event-user_message superseded"') == 1
+    assert page.count('class="event-assistant_message superseded"') == 1
+    assert "Up, I think." in page and "Follow the compass needle." in page
+    assert '<span class="resend">regenerate</span>' in page

@@ -80,8 +80,94 @@ def test_a_user_sees_their_sessions_and_staff_see_any(client):
     assert client.get(f"/api/sessions/{mine.id}/").status_code == 200
 
 
-def test_the_api_only_reads(client):
+def test_the_api_only_reads_the_list_and_never_posts(client):
     assert client.post("/api/sessions/").status_code == 405
+    assert client.delete("/api/sessions/").status_code == 405
+    key = visitor_session_key(client)
+    assert client.post(f"/api/sessions/{chat_session(anon_key=key).id}/").status_code == 405
+
+
+def test_the_list_leaves_out_sessions_with_no_message(client):
+    key = visitor_session_key(client)
+    talked = chat_session(anon_key=key)
+    chat_session(anon_key=key, messages=())
+    assert [row["id"] for row in client.get("/api/sessions/").json()["sessions"]] == [str(talked.id)]
+
+
+def test_the_owner_renames_a_session_and_summaries_keep_the_name(client):
+    key = visitor_session_key(client)
+    session = chat_session(anon_key=key, messages=("Plan a picnic", "Bring bread"))
+    response = client.patch(
+        f"/api/sessions/{session.id}/", {"title": "  Picnic\n plans "}, content_type="application/json"
+    )
+    assert response.status_code == 200 and response.json()["title"] == "Picnic plans"
+    services.session_end(session_id=session.id)  # the summary (offline, in process) is written now
+    session.refresh_from_db()
+    assert session.summary.title == "Plan a picnic"
+    assert (session.title, session.title_by_owner) == ("Picnic plans", True)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[]", "invalid_title"),
+        ('{"title": "   "}', "invalid_title"),
+        ('{"title": 7}', "invalid_title"),
+        ('{"title": "' + "x" * 201 + '"}', "invalid_title"),
+        ('{"title": "nul \\u0000 here"}', "invalid_title"),
+    ],
+)
+def test_a_bad_rename_is_a_400_saying_why(client, body, code):
+    key = visitor_session_key(client)
+    session = chat_session(anon_key=key)
+    response = client.patch(f"/api/sessions/{session.id}/", body, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == code
+    session.refresh_from_db()
+    assert session.title == "hi" and not session.title_by_owner
+
+
+def test_only_the_owner_renames_or_deletes(client):
+    visitor_session_key(client)
+    foreign = chat_session(anon_key="someone-else")
+    patched = client.patch(f"/api/sessions/{foreign.id}/", {"title": "mine now"}, content_type="application/json")
+    assert patched.status_code == 404
+    assert client.delete(f"/api/sessions/{foreign.id}/").status_code == 404
+    foreign.refresh_from_db()
+    assert (foreign.title, foreign.deleted_at) == ("hi", None)
+    # Staff read any session but do not rename or delete it through the visitors' API.
+    staff = get_user_model().objects.create_user("sam", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.delete(f"/api/sessions/{foreign.id}/").status_code == 404
+
+
+def test_a_deleted_session_leaves_the_owners_reach_and_stays_for_staff(client):
+    key = visitor_session_key(client)
+    kept, deleted = chat_session(anon_key=key), chat_session(anon_key=key)
+    assert client.delete(f"/api/sessions/{deleted.id}/").status_code == 204
+    assert [row["id"] for row in client.get("/api/sessions/").json()["sessions"]] == [str(kept.id)]
+    assert client.get(f"/api/sessions/{deleted.id}/").status_code == 404
+    assert client.delete(f"/api/sessions/{deleted.id}/").status_code == 404
+    deleted.refresh_from_db()
+    assert deleted.deleted_at is not None and deleted.events.count() == 2
+    with pytest.raises(services.SessionForbidden):
+        services.session_open(session_id=deleted.id, user_id=None, anon_key=key, model="m", llm_mode="offline")
+    staff = get_user_model().objects.create_superuser("sam", password="pw")
+    client.force_login(staff)
+    assert client.get(f"/api/sessions/{deleted.id}/").status_code == 200
+    listed = client.get("/admin/audit/chatsession/?deleted=yes").content.decode()
+    assert str(deleted.id) in listed and str(kept.id) not in listed
+
+
+def test_renaming_and_deleting_need_the_csrf_token():
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    key = visitor_session_key(client)
+    session = chat_session(anon_key=key)
+    assert client.delete(f"/api/sessions/{session.id}/").status_code == 403
+    token = client.cookies[django_settings.CSRF_COOKIE_NAME].value
+    assert client.delete(f"/api/sessions/{session.id}/", headers={"X-CSRFToken": token}).status_code == 204
 
 
 def test_health_reports_each_part_and_the_offline_model(client):

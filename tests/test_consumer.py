@@ -715,12 +715,36 @@ async def test_a_slow_summary_in_process_does_not_hold_up_other_sockets(avisitor
     await bystander.close()
 
 
-async def test_an_empty_session_gets_no_summary(avisitor):
-    client = ChatClient(await avisitor())
+async def test_a_session_left_without_a_message_is_deleted_and_gets_no_summary(avisitor):
+    """A page opened and left leaves nothing behind; a session with a message is ended and kept."""
+    visitor = await avisitor()
+    client = ChatClient(visitor)
     await client.connect()
     await client.close()
-    assert (await session_of(client.session_id)).status == SessionStatus.ENDED
+    assert not await sync_to_async(ChatSession.objects.filter(pk=client.session_id).exists)()
     assert await summary_of(client.session_id) is None
+    talked = ChatClient(visitor)
+    await talked.connect()
+    await talked.turn("hello")
+    await talked.close()
+    assert (await session_of(talked.session_id)).status == SessionStatus.ENDED
+
+
+async def test_a_message_on_a_session_deleted_as_empty_asks_the_socket_to_reconnect(avisitor):
+    """The sweep deleted the empty session while its socket's process could not renew the lease."""
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await sync_to_async(ChatSession.objects.filter(pk=client.session_id).delete)()
+    await client.send({"type": "message", "content": "anyone there?"})
+    frame = await client.receive()
+    assert (frame["type"], frame["code"]) == ("error", "internal")
+    assert await client.comm.receive_output() == {"type": "websocket.close", "code": 4500}
+    await client.close()
+    # Connecting again recreates it, and the chat goes on.
+    again = ChatClient(client.visitor, session_id=client.session_id)
+    assert (await again.connect())["resumed"] is False
+    assert (await again.turn("now?"))[-1]["type"] == "done"
+    await again.close()
 
 
 async def test_a_socket_outlives_the_redis_client_timeout(avisitor):

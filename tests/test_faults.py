@@ -18,14 +18,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
-from urllib.request import urlopen
 
 import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from .conftest import ARTIFACTS, REPO, daphne_start, free_port, process_stop, subprocess_env
+from .conftest import ARTIFACTS, REPO, daphne_start, free_port, process_stop, subprocess_env, visitor_cookie
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,9 +65,7 @@ class Stack:
 
     def cookie(self) -> str:
         """Return a visitor's session cookie, from the chat page as a browser gets it."""
-        with urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as response:  # noqa: S310 (a local URL)
-            cookie = SimpleCookie(response.headers["Set-Cookie"])
-        return f"sessionid={cookie['sessionid'].value}"
+        return visitor_cookie(f"http://127.0.0.1:{self.port}")
 
     async def open(self, session_id: uuid.UUID | None = None, cookie: str | None = None) -> "Chat":
         session_id = session_id or uuid.uuid4()

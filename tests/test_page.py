@@ -6,6 +6,8 @@ import subprocess
 import pytest
 from playwright.sync_api import expect
 
+from audit.models import ChatSession
+
 from .conftest import ARTIFACTS, daphne_start, free_port, process_stop
 from .fake_groq import text_reply, tool_calls_reply
 from .test_browser import ASSISTANT, chat_open, send, shot
@@ -273,3 +275,68 @@ def test_a_link_to_someone_elses_session_falls_back_to_the_visitors_own(daphne_s
     expect(visitor.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
     expect(visitor.locator("#session-id")).to_have_text(own_id)
     context.close()
+
+
+def test_regenerate_the_last_reply_and_edit_the_last_message(daphne_server, browser_page, fake_groq_server):
+    fake_groq_server.reset()
+    fake_groq_server.enqueue(
+        text_reply("First answer."), text_reply("Second answer."), text_reply("Answer to the edit.")
+    )
+    page = browser_page
+    chat_open(page, daphne_server)
+    send(page, "a question")
+    finished(page)
+    expect(page.locator(ASSISTANT).last.locator(".msg-text")).to_have_text("First answer.")
+    # Only the last reply offers Regenerate, only the last message Edit.
+    page.click(".msg[data-role='assistant'] .msg-action[data-action='regenerate']")
+    expect(page.locator(ASSISTANT).last.locator(".msg-text")).to_have_text("Second answer.", timeout=10_000)
+    finished(page)
+    expect(page.locator(ASSISTANT)).to_have_count(1)
+    expect(page.locator(".msg[data-role='user'] .msg-text")).to_have_text(["a question"])
+    # The input has the focus back after the reply.
+    expect(page.locator("#input")).to_be_focused()
+
+    page.click(".msg[data-role='user'] .msg-action[data-action='edit']")
+    expect(page.locator("#input")).to_have_value("a question")
+    expect(page.locator("#composer-hint")).to_contain_text("Editing")
+    page.fill("#input", "a better question")
+    page.press("#input", "Enter")
+    expect(page.locator(ASSISTANT).last.locator(".msg-text")).to_have_text("Answer to the edit.", timeout=10_000)
+    finished(page)
+    expect(page.locator(".msg[data-role='user'] .msg-text")).to_have_text(["a better question"])
+    expect(page.locator(ASSISTANT)).to_have_count(1)
+    shot(page, "17-edited")
+    # A reload shows the conversation as it now is; the replaced turns stay in the record for staff.
+    page.reload()
+    expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    expect(page.locator(".msg[data-role='user'] .msg-text")).to_have_text(["a better question"])
+    expect(page.locator(ASSISTANT + " .msg-text")).to_have_text(["Answer to the edit."])
+    session = ChatSession.objects.get(pk=page.locator("#session-id").inner_text().strip())
+    assert session.events.filter(superseded=True).count() == 4 and session.events.count() == 6
+
+
+def test_rename_and_delete_a_session_from_the_sidebar(daphne_server, browser_page, fake_groq_server):
+    fake_groq_server.reset()
+    page = browser_page
+    chat_open(page, daphne_server)
+    send(page, "first chat")
+    finished(page)
+    first_id = page.locator("#session-id").inner_text().strip()
+    page.click("#new-session")
+    expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    send(page, "second chat")
+    finished(page)
+    items = page.locator("#session-list .session-item")
+    expect(items).to_have_count(2, timeout=10_000)
+
+    page.once("dialog", lambda dialog: dialog.accept("Trip ideas"))
+    page.locator(f"#session-list .session-action[data-action='rename'][data-session-id='{first_id}']").click()
+    expect(page.locator(f"#session-list a[data-session-id='{first_id}'] .session-title")).to_have_text("Trip ideas")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(f"#session-list .session-action[data-action='delete'][data-session-id='{first_id}']").click()
+    expect(items).to_have_count(1)
+    deleted = ChatSession.objects.get(pk=first_id)
+    assert deleted.deleted_at is not None and deleted.title == "Trip ideas" and deleted.events.count() == 2
+    page.reload()
+    expect(page.locator("#session-list .session-item")).to_have_count(1, timeout=10_000)

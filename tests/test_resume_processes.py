@@ -7,8 +7,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from http.cookies import SimpleCookie
-from urllib.request import urlopen
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -16,7 +14,16 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from audit.models import Event, EventType, Summary
 
-from .conftest import ARTIFACTS, daphne_start, free_port, on_redis, process_stop, service_missing, subprocess_env
+from .conftest import (
+    ARTIFACTS,
+    daphne_start,
+    free_port,
+    on_redis,
+    process_stop,
+    service_missing,
+    subprocess_env,
+    visitor_cookie,
+)
 from .fake_groq import FakeGroq, text_reply
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
@@ -55,9 +62,7 @@ def two_daphnes(django_db_setup, django_db_blocker, fake_groq_server: FakeGroq) 
 
 
 def cookie_of(port: int) -> str:
-    """A visitor's session cookie, from the chat page as a browser gets it."""
-    with urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:  # noqa: S310 (a local URL)
-        return f"sessionid={SimpleCookie(response.headers['Set-Cookie'])['sessionid'].value}"
+    return visitor_cookie(f"http://127.0.0.1:{port}")
 
 
 class Socket:

@@ -70,8 +70,9 @@
     // The last frame_seq seen on this session: a reconnect asks for the frames after it.
     frameSeq: 0,
     lastUserMsg: null, // the last user message of the rendered history (see onUserMessage)
-    notice: null, // an error box to show once the next session frame has drawn the history
+    notice: null, // an error box shown below the history of the session opened (until a message is sent)
     focusedOnce: false, // the input takes the focus when the first session frame arrives
+    editing: null, // the element of the last user message while the reader edits it
   };
 
   let turn = turnNew();
@@ -427,10 +428,7 @@
     statusSet("connected");
     controlsUpdate();
     sessionsRefresh();
-    if (state.notice) {
-      els.messages.appendChild(state.notice);
-      state.notice = null;
-    }
+    if (state.notice) els.messages.appendChild(state.notice);
     if (!state.focusedOnce) {
       state.focusedOnce = true;
       els.input.focus({ preventScroll: true });
@@ -447,6 +445,20 @@
     if (turn.running) {
       if (turn.userMsg && !turn.assistant && turn.userMsg.raw === content) return; // already shown
       turnInterrupt();
+    }
+    if (frame.resend === "regenerate" || frame.resend === "edit") {
+      // Another tab regenerated the last reply or edited the last message: the earlier turn goes.
+      const lastUser = lastUserElement();
+      if (lastUser) {
+        for (const el of elementsFrom(lastUser, frame.resend === "edit")) el.remove();
+        if (frame.resend === "regenerate") {
+          state.historyToken = null;
+          turnBegin(null);
+          turn.userMsg = { el: lastUser, raw: content };
+          scrollFollow();
+          return;
+        }
+      }
     }
     // The history drawn a moment ago may already hold it, as its last message.
     const last = state.lastUserMsg;
@@ -488,6 +500,8 @@
     // except after an error, which already says what happened.
     if (!msg && !turn.hadError) msg = assistantEnsure();
     if (msg) assistantFinish(msg, figuresFrom(frame));
+    for (const el of turn.replaced) el.remove(); // kept in the record, marked superseded
+    turn.replaced = [];
     turnEnd();
     // The stop button just hid itself: the reader goes on typing.
     if (stopFocused || document.activeElement === document.body) els.input.focus({ preventScroll: true });
@@ -508,7 +522,9 @@
 
     turn.hadError = true;
     if (!turn.assistant && NO_TURN_ERRORS.has(frame.code)) {
-      // The server refused the message, so no `done` will come.
+      // The server refused the message, so no `done` will come; what it would have replaced stays.
+      for (const el of turn.replaced) el.classList.remove("replaced");
+      turn.replaced = [];
       messageUnsent(turn.userMsg);
       turnEnd();
       return;
@@ -518,6 +534,86 @@
     errored.errorTimer = setTimeout(() => {
       if (turn === errored && turn.running) turnInterrupt();
     }, ERROR_DONE_GRACE_MS);
+  }
+
+  /* ---------- regenerate and edit ---------- */
+
+  function lastUserElement() {
+    const users = els.messages.querySelectorAll(".msg[data-role='user']:not(.replaced)");
+    return users.length ? users[users.length - 1] : null;
+  }
+
+  /* The elements after `el` (and `el` itself when `including`): a turn and what follows it. */
+  function elementsFrom(el, including) {
+    const found = including ? [el] : [];
+    for (let next = el.nextElementSibling; next; next = next.nextElementSibling) found.push(next);
+    return found;
+  }
+
+  /* Offer "Regenerate" on the last reply and "Edit" on the last message, while nothing runs. */
+  function actionsUpdate() {
+    for (const button of els.messages.querySelectorAll(".msg-action")) button.remove();
+    if (!state.ready || turn.running || state.editing) return;
+    const lastUser = lastUserElement();
+    if (!lastUser) return;
+    const foot = lastUser.querySelector(".msg-foot");
+    if (foot) foot.appendChild(actionButton("edit", "Edit", "Edit your last message and send it again"));
+    const replies = els.messages.querySelectorAll(".msg[data-role='assistant']:not(.replaced)");
+    const lastReply = replies.length ? replies[replies.length - 1] : null;
+    const replyFoot = lastReply && lastReply.compareDocumentPosition(lastUser) & Node.DOCUMENT_POSITION_PRECEDING
+      ? lastReply.querySelector(".msg-foot")
+      : null;
+    if (replyFoot) replyFoot.appendChild(actionButton("regenerate", "Regenerate", "Ask for another reply"));
+  }
+
+  function actionButton(action, label, title) {
+    const button = elementWith("button", "btn-copy msg-action", label);
+    button.type = "button";
+    button.dataset.action = action;
+    button.title = title;
+    button.setAttribute("aria-label", title);
+    return button;
+  }
+
+  function messagesClick(event) {
+    const button = event.target.closest("button.msg-action");
+    if (!button) return;
+    if (button.dataset.action === "regenerate") regenerate();
+    else if (button.dataset.action === "edit") editStart();
+  }
+
+  function regenerate() {
+    const lastUser = lastUserElement();
+    if (!lastUser || !state.ready || turn.running) return;
+    if (!frameSend({ type: "regenerate" })) return;
+    state.historyToken = null;
+    const replaced = elementsFrom(lastUser, false);
+    for (const el of replaced) el.classList.add("replaced");
+    turnBegin(null);
+    turn.replaced = replaced;
+    state.stickToBottom = true;
+    scrollFollow();
+  }
+
+  function editStart() {
+    const lastUser = lastUserElement();
+    if (!lastUser || turn.running) return;
+    state.editing = lastUser;
+    lastUser.classList.add("editing");
+    const text = lastUser.querySelector(".msg-text");
+    els.input.value = text ? text.textContent : "";
+    inputChanged();
+    controlsUpdate();
+    els.input.focus();
+  }
+
+  function editCancel() {
+    if (!state.editing) return;
+    state.editing.classList.remove("editing");
+    state.editing = null;
+    els.input.value = "";
+    inputChanged();
+    controlsUpdate();
   }
 
   /* ---------- turns ---------- */
@@ -531,6 +627,7 @@
       userMsg: null,
       toolCards: new Map(),
       errorTimer: null,
+      replaced: [], // regenerate/edit: the elements of the turn it replaces, hidden until it has started
     };
   }
 
@@ -633,6 +730,11 @@
       if (item.role === "assistant") assistantFinish(msg, { meta: "", stopped: false, title: "" });
       else state.lastUserMsg = msg;
     }
+    if (state.editing) {
+      // Drawn again (a reconnect): the edit goes on, on the message as drawn now.
+      state.editing = lastUserElement();
+      if (state.editing) state.editing.classList.add("editing");
+    }
     state.stickToBottom = true;
     scrollFollow();
   }
@@ -651,6 +753,7 @@
         historyRichRender(body.events);
         state.stickToBottom = stuck;
         scrollFollow();
+        actionsUpdate();
       })
       .catch((err) => {
         console.warn("could not load the session's events; showing its plain history", err);
@@ -676,7 +779,7 @@
       }
     };
     for (const event of events) {
-      if (!event || typeof event !== "object") continue;
+      if (!event || typeof event !== "object" || event.superseded === true) continue;
       const data = event.data && typeof event.data === "object" ? event.data : {};
       const content = typeof event.content === "string" ? event.content : "";
       if (event.type === "user_message") {
@@ -708,6 +811,7 @@
       }
     }
     currentClose();
+    if (state.notice) els.messages.appendChild(state.notice);
   }
 
   function assistantEnsure() {
@@ -912,11 +1016,11 @@
           noticeForbidden();
           return;
         }
+        sessionOpen(own.id, "keep");
         state.notice = errorBuild(
           "forbidden",
           "The session in the link belongs to someone else; here is your latest session instead.",
         );
-        sessionOpen(own.id, "keep");
       })
       .catch(() => noticeForbidden());
   }
@@ -950,6 +1054,50 @@
       });
   }
 
+  function csrfToken() {
+    const found = document.cookie.split("; ").find((pair) => pair.startsWith("csrftoken="));
+    return found ? decodeURIComponent(found.slice("csrftoken=".length)) : "";
+  }
+
+  function sessionRequest(id, method, body) {
+    return fetch(`/api/sessions/${encodeURIComponent(id)}/`, {
+      method,
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    }).then((response) => {
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      return response;
+    });
+  }
+
+  function sessionRename(id) {
+    const session = state.sessions.find((s) => s && s.id === id);
+    const title = window.prompt("Rename the session", session ? sessionLabel(session) : "");
+    if (title === null || !title.trim()) return;
+    sessionRequest(id, "PATCH", { title: title.trim().slice(0, 200) })
+      .then(() => sessionsRefresh())
+      .catch((err) => {
+        console.warn("could not rename the session", err);
+        listStateSet("Could not rename the session.");
+      });
+  }
+
+  /* Delete one of the visitor's sessions: gone from their list (staff keep it; see the README). */
+  function sessionDelete(id) {
+    if (!window.confirm("Delete this session? It disappears from your list for good.")) return;
+    sessionRequest(id, "DELETE")
+      .then(() => {
+        state.sessions = state.sessions.filter((s) => s && s.id !== id);
+        sessionListRender();
+        if (id === state.sessionId) sessionStartNew();
+      })
+      .catch((err) => {
+        console.warn("could not delete the session", err);
+        listStateSet("Could not delete the session.");
+      });
+  }
+
   function listStateSet(text) {
     if (!els.sessionListState) return;
     els.sessionListState.textContent = text;
@@ -965,7 +1113,8 @@
   function sessionLabel(session) {
     const summaryTitle = session.summary && typeof session.summary.title === "string" ? session.summary.title.trim() : "";
     const title = typeof session.title === "string" ? session.title.trim() : "";
-    return summaryTitle || title || dateShort(session.started_at) || String(session.id);
+    // The session's title is the summary's, unless its owner renamed it.
+    return title || summaryTitle || dateShort(session.started_at) || String(session.id);
   }
 
   function sessionListRender() {
@@ -985,7 +1134,18 @@
       if (details.length) link.appendChild(elementWith("span", "session-when", details.join(" · ")));
       link.title = label;
       const item = document.createElement("li");
+      item.className = "session-item";
       item.appendChild(link);
+      const actions = elementWith("div", "session-actions");
+      for (const [action, text] of [["rename", "Rename"], ["delete", "Delete"]]) {
+        const button = elementWith("button", "btn-copy session-action", text);
+        button.type = "button";
+        button.dataset.action = action;
+        button.dataset.sessionId = id;
+        button.setAttribute("aria-label", `${text} “${label}”`);
+        actions.appendChild(button);
+      }
+      item.appendChild(actions);
       items.push(item);
     }
     els.sessionList.replaceChildren(...items);
@@ -1004,6 +1164,12 @@
   }
 
   function sessionListClick(event) {
+    const action = event.target.closest("button.session-action");
+    if (action) {
+      if (action.dataset.action === "rename") sessionRename(action.dataset.sessionId);
+      else if (action.dataset.action === "delete") sessionDelete(action.dataset.sessionId);
+      return;
+    }
     const link = event.target.closest("a.session-link");
     if (!link) return;
     // Let modified clicks open the session in a new tab.
@@ -1036,12 +1202,22 @@
     const content = els.input.value;
     if (!content.trim() || !state.ready || turn.running) return;
     if (content.length > state.maxChars) return; // maxlength normally prevents this
-    if (!frameSend({ type: "message", content })) return;
+    const edited = state.editing;
+    if (!frameSend(edited ? { type: "edit", content } : { type: "message", content })) return;
     state.historyToken = null; // a rich history arriving now would wipe this message
+    state.notice = null;
+    let replaced = [];
+    if (edited) {
+      state.editing = null;
+      edited.classList.remove("editing");
+      replaced = elementsFrom(edited, true);
+      for (const el of replaced) el.classList.add("replaced");
+    }
     const userMsg = messageAppend("user", content);
     els.input.value = "";
     inputChanged();
     turnBegin(userMsg);
+    turn.replaced = replaced;
     state.stickToBottom = true;
     scrollFollow();
   }
@@ -1057,6 +1233,8 @@
   /* Show another session (a new one, or one from the sidebar): a fresh socket, its history from the server. */
   function sessionOpen(id, urlMode) {
     socketDrop();
+    state.notice = null;
+    if (state.editing) editCancel();
     turnReset();
     state.frameSeq = 0;
     state.historyToken = null;
@@ -1090,6 +1268,8 @@
         else hint = "Connecting…";
       } else if (turn.running) {
         hint = turn.stopRequested ? "Stopping…" : "Waiting for the reply…";
+      } else if (state.editing) {
+        hint = "Editing your last message: send replaces it and its reply (Esc cancels).";
       }
       if (els.hint.textContent !== hint) els.hint.textContent = hint;
       els.hint.hidden = !hint;
@@ -1098,6 +1278,7 @@
       state.refocusInput = false;
       els.input.focus();
     }
+    actionsUpdate();
   }
 
   function pendingUpdate() {
@@ -1116,6 +1297,11 @@
   }
 
   function inputKeydown(event) {
+    if (event.key === "Escape" && state.editing) {
+      event.preventDefault();
+      editCancel();
+      return;
+    }
     // isComposing: Enter that confirms an IME composition must not send.
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -1178,6 +1364,7 @@
     els.input.addEventListener("keydown", inputKeydown);
     els.input.addEventListener("input", inputChanged);
     els.stop.addEventListener("click", stopRequest);
+    els.messages.addEventListener("click", messagesClick);
     els.newSession.addEventListener("click", sessionStartNew);
     if (els.jumpLatest) els.jumpLatest.addEventListener("click", jumpLatest);
     if (els.sessionList) els.sessionList.addEventListener("click", sessionListClick);
