@@ -133,7 +133,9 @@ def sessions_search(
     )
     annotations, match = _text_match(["content"], query)
     messages = (
-        Event.objects.filter(session__in=owned, type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE])
+        Event.objects.filter(
+            session__in=owned, type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE], superseded=False
+        )
         .annotate(**annotations)
         .filter(match)
         .order_by("-created_at")

@@ -257,10 +257,14 @@ def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta, owne
     when it is older than `stale_after`; a turn taken over that never
     recorded its reply gets one then (see `turn_orphan_close`). `owner`: the
     channel of the process that runs the turn.
+
+    Raise ChatSession.DoesNotExist when the session is gone (deleted as
+    empty while its socket could not renew its lease, see `session_end`),
+    SessionForbidden when its owner deleted it meanwhile.
     """
     now = timezone.now()
     claim = {"turn_started_at": now, "turn_lease": lease_id, "turn_owner": owner}
-    sessions = ChatSession.objects.filter(pk=session_id)
+    sessions = ChatSession.objects.filter(pk=session_id, deleted_at__isnull=True)
     if sessions.filter(turn_started_at__isnull=True).update(**claim):
         return sessions.values_list("frame_seq", flat=True).get()
     holder_live = SocketLease.objects.filter(pk=OuterRef("turn_lease"), expires_at__gt=now)
@@ -268,7 +272,8 @@ def turn_claim(*, session_id: UUID, lease_id: UUID, stale_after: timedelta, owne
     with transaction.atomic():
         if not sessions.filter(stale).update(**claim, frame_seq=F("frame_seq") + ORPHAN_FRAME_GAP):
             if not sessions.exists():
-                # Deleted as empty while its socket could not renew its lease (see `session_end`).
+                if ChatSession.objects.filter(pk=session_id).exists():
+                    raise SessionForbidden(str(session_id))
                 raise ChatSession.DoesNotExist(str(session_id))
             return None
         turn_orphan_close(session_id=session_id)

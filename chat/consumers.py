@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID, uuid4
@@ -63,6 +64,8 @@ last_user_message = database_async(selectors.last_user_message)
 LAYER_TIMEOUT_SECONDS = 5.0
 # A process asked to send a running turn's frames answers within this, or the reply is given up on.
 FOLLOW_TIMEOUT_SECONDS = 5.0
+# At most one such request this often when frames arrive with a gap.
+REFOLLOW_MIN_SECONDS = 2.0
 
 # Staff watching a session renew their lease this often; a turn copies its
 # frames to the watchers only while a lease is live, so an unwatched reply
@@ -101,6 +104,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # The channel of the process whose running turn this socket follows from afar.
     following: str = ""
     _follow_watchdog: asyncio.TimerHandle | None = None
+    _follow_checking: asyncio.Task | None = None
+    _heard_at: float = 0.0  # when the process running the followed turn was last heard from
+    _refollowed_at: float = 0.0
     _leaving: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send) -> None:
@@ -155,13 +161,17 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.emit(joined.frame)
         if after is None:
             await self.error("invalid_message", "'after' must be a non-negative integer; it was ignored.")
-        self.frame_seq_sent = after or 0
+        # What this socket has: the session's finished turns are in the history; of a running
+        # turn, what the client says it saw (its frames are numbered after the session's frame_seq).
+        recorded = joined.frame["frame_seq"]
+        self.frame_seq_sent = max(after or 0, recorded) if joined.frame["turn_running"] else recorded
         hub().socket_add(session_id, self)
         stream = hub().streams.get(session_id)
         if stream is not None and not stream.ended:
+            # A turn runs here (or has just ended: then nothing is after what the history holds).
             await stream.local_follow(self)
         elif joined.frame["turn_running"]:
-            await self._follow_remote(joined.turn_owner, base=joined.frame["frame_seq"])
+            await self._follow_remote(joined.turn_owner, base=recorded)
 
     async def _group_join(self, session_id: UUID) -> None:
         """Join the session's group: turns starting in other processes, staff watching. The chat goes on without it."""
@@ -195,20 +205,28 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _follow_remote(self, owner: str, *, base: int) -> None:
         """Ask the process running the session's turn to send this socket its frames after what it has."""
-        if owner and owner == hub().channel:
-            return  # it runs here: its stream reaches this socket directly
-        if not owner:
+        if not owner or owner == hub().channel:
+            # Nobody can be asked (the layer was down when it started), or it ran here and is
+            # over, with its release not recorded yet: the history has what was saved.
             await self._reply_unavailable()
             return
         self.following = owner
+        self.frame_seq_sent = max(self.frame_seq_sent, base)
+        await self._follow_request()
+        if self._follow_checking is None or self._follow_checking.done():
+            self._follow_checking = asyncio.create_task(self._follow_check())
+
+    async def _follow_request(self) -> None:
+        """Ask the followed process for the frames after what this socket has; give up if it does not answer."""
         request = {
             "type": "turn.follow",
             "session_id": str(self.session_id),
             "channel": self.channel_name,
-            "after": max(self.frame_seq_sent, base),
+            "after": self.frame_seq_sent,
         }
+        self._heard_at = self._refollowed_at = time.monotonic()
         try:
-            await hub().request_send(owner, request)
+            await hub().request_send(self.following, request)
         except Exception:
             logger.warning("could not ask for the frames of session %s", self.session_id, exc_info=True)
             await self._reply_unavailable()
@@ -218,6 +236,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
             FOLLOW_TIMEOUT_SECONDS, lambda: asyncio.ensure_future(self._reply_unavailable())
         )
 
+    async def _follow_check(self) -> None:
+        """While following a reply from afar, ask again after a silence (lost frames, a process gone)."""
+        while self.following:
+            await asyncio.sleep(settings.CHAT_FOLLOW_SILENCE_SECONDS / 2)
+            if self.following and self._follow_watchdog is None:
+                if time.monotonic() - self._heard_at > settings.CHAT_FOLLOW_SILENCE_SECONDS:
+                    await self._follow_request()
+
     def _watchdog_cancel(self) -> None:
         if self._follow_watchdog is not None:
             self._follow_watchdog.cancel()
@@ -226,6 +252,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _reply_unavailable(self) -> None:
         """The running reply cannot be followed (its process is gone): say so; the record has what was saved."""
         self._watchdog_cancel()
+        if self.following:
+            await self._unfollow_send(self.following)
         self.following = ""
         await self.error(
             "reply_unavailable",
@@ -240,12 +268,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def turn_following(self, event: dict[str, Any]) -> None:
         """The process running the turn sends its frames from now on."""
         self._watchdog_cancel()
+        self._heard_at = time.monotonic()
 
     async def turn_frame(self, event: dict[str, Any]) -> None:
-        """A frame of a turn running in another process."""
-        if self.session_id is None:
+        """A frame of a turn running in another process (dropped unless this socket follows one)."""
+        if self.session_id is None or not self.following:
             return
         frame = event["frame"]
+        self._heard_at = time.monotonic()
+        if frame["frame_seq"] > self.frame_seq_sent + 1 and frame.get("type") != "user_message":
+            # Frames went missing on the way (a full channel, a layer blip): ask for them again; this one follows.
+            if self._heard_at - self._refollowed_at > REFOLLOW_MIN_SECONDS:
+                await self._follow_request()
+            return
         if frame.get("type") == "done":
             self.following = ""
         await self.frame_deliver(frame)
@@ -332,6 +367,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # It was deleted as empty while this socket could not renew its lease: connecting again recreates it.
             await self._refuse_unavailable()
             return
+        except services.SessionForbidden:
+            # Its owner deleted it (from another tab, say).
+            await self.error("forbidden", "This session was deleted.")
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
         except Exception:
             logger.exception("could not claim a turn on session %s", self.session_id)
             await self.error("internal", "The message could not be accepted; try again.")
@@ -339,10 +379,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if base is None:
             await self.error("busy", "A reply is being generated for this session in another window.")
             return
+        # No await from here to turn_start: a stream is never left without its turn.
         stream = hub().stream_open(self.session_id, base)
-        # This socket sent the message: its user_message frame goes to the session's other sockets only.
-        self.frame_seq_sent = max(self.frame_seq_sent, base + 1)
-        await stream.publish({"type": "user_message", "content": content, **({"resend": resend} if resend else {})})
         turn = Turn(
             session_id=self.session_id,
             lease_id=self.lease_id,
@@ -353,7 +391,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             resend=resend,
         )
         hub().turn_start(stream, turn)
-        await hub().turn_announce(self.session_id, base)
+        # This socket sent the message: its user_message frame goes to the session's other sockets only.
+        self.frame_seq_sent = max(self.frame_seq_sent, base + 1)
+        # Numbered first: the turn's task has not run yet (it starts at this coroutine's next await).
+        await stream.publish({"type": "user_message", "content": content, **({"resend": resend} if resend else {})})
+        hub().turn_announce_soon(self.session_id, base)
 
     # --- Leaving -----------------------------------------------------------------------------------
 
@@ -389,12 +431,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self.session_id is None:
             return
         hub().socket_discard(self.session_id, self)
+        if self._follow_checking is not None:
+            self._follow_checking.cancel()
         if self.following:
-            unfollow = {"type": "turn.unfollow", "session_id": str(self.session_id), "channel": self.channel_name}
-            try:
-                await hub().request_send(self.following, unfollow)
-            except Exception:
-                logger.debug("could not stop following the turn of session %s", self.session_id)
+            await self._unfollow_send(self.following)
         stream = hub().streams.get(self.session_id)
         if (
             stream is not None
@@ -405,6 +445,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
             stream.after_end.append(self._lease_drop)
             return
         await self._lease_drop()
+
+    async def _unfollow_send(self, owner: str) -> None:
+        """Tell the process running the followed turn to stop sending this socket its frames."""
+        unfollow = {"type": "turn.unfollow", "session_id": str(self.session_id), "channel": self.channel_name}
+        try:
+            await hub().request_send(owner, unfollow)
+        except Exception:
+            logger.debug("could not stop following the turn of session %s", self.session_id)
 
     async def _lease_drop(self) -> None:
         """Stop renewing the socket's lease and drop it, ending the session when it was the last."""

@@ -7,9 +7,10 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from audit import selectors, services
-from audit.models import ChatSession
+from audit.models import ChatSession, SocketLease
 from audit.services import SessionForbidden
 
 from .llm import chat_model_get
@@ -79,7 +80,12 @@ def session_join(*, session_id: UUID, lease_id: UUID, user_id: int | None, anon_
             seconds=settings.CHAT_SOCKET_LEASE_SECONDS,
         )
     session = opened.session
-    running = session.turn_lease is not None
+    # A claim whose socket's lease ran out is a turn nobody runs any more (its process died):
+    # not running, whatever the row says, until the next claim or the sweep closes it.
+    running = (
+        session.turn_lease is not None
+        and SocketLease.objects.filter(pk=session.turn_lease, expires_at__gt=timezone.now()).exists()
+    )
     history = []
     if opened.resumed:
         before = session.turn_started_at if running else None

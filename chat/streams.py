@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 LAYER_TIMEOUT_SECONDS = 5.0
 # Staff watching a session have their frames copied for this long after each renewal.
 WATCH_LEASE_SECONDS = 60.0
+# A frame for the watchers that the layer does not take within this is skipped (the chat goes on).
+WATCH_SEND_TIMEOUT_SECONDS = 1.0
+WATCHED_PRUNE_AT = 1000
 
 
 def session_group(session_id: UUID) -> str:
@@ -69,8 +72,10 @@ class Stream:
         self.base = base
         self.frames: list[dict[str, Any]] = []
         self.local: set[Follower] = set()
-        # Sockets of other processes: their channel, and the last frame_seq sent there.
+        # Sockets of other processes: their channels.
         self.remote: set[str] = set()
+        # Channels that asked to stop: a follow request still replaying must not add them back.
+        self.unfollowed: set[str] = set()
         self.turn: Turn | None = None
         self.ended = False
         # Run once the turn has ended, whatever ended it (a socket's deferred leave).
@@ -99,11 +104,14 @@ class Stream:
             await self.hub.watchers_send(self.session_id, numbered)
 
     async def _remote_send(self, channel: str, frame: dict[str, Any]) -> bool:
-        """Send a frame to a socket of another process; a channel that fails stops being followed."""
+        """Send a frame (or the `turn.following` message) to a socket of another process.
+
+        A channel that fails stops being followed; its socket notices the
+        silence and asks again (see `SessionConsumer._follow_check`).
+        """
+        message = frame if frame.get("type") == "turn.following" else {"type": "turn.frame", "frame": frame}
         try:
-            await asyncio.wait_for(
-                self.hub.layer.send(channel, {"type": "turn.frame", "frame": frame}), timeout=LAYER_TIMEOUT_SECONDS
-            )
+            await asyncio.wait_for(self.hub.layer.send(channel, message), timeout=LAYER_TIMEOUT_SECONDS)
         except Exception as exc:
             logger.warning(
                 "session %s: stopped sending frames to %s (%s: %s)", self.session_id, channel, type(exc).__name__, exc
@@ -123,14 +131,23 @@ class Stream:
         self.attendance_check()
 
     async def remote_follow(self, channel: str, after: int) -> None:
-        """Send a socket of another process the frames after `after`, then each new one."""
-        await self.hub.layer.send(channel, {"type": "turn.following", "session_id": str(self.session_id)})
+        """Send a socket of another process the frames after `after`, then each new one.
+
+        Asked again by a socket already following (it missed frames, or heard
+        nothing for a while), this sends what it asks for again: the socket
+        drops what it has.
+        """
+        following = {"type": "turn.following", "session_id": str(self.session_id)}
+        if not await self._remote_send(channel, following):
+            return
         position = after
         while missing := self.after(position):
             for frame in missing:
                 if not await self._remote_send(channel, frame):
                     return
                 position = frame["frame_seq"]
+        if channel in self.unfollowed:
+            return  # it left while this was replaying
         self.remote.add(channel)
         self.attendance_check()
 
@@ -140,6 +157,7 @@ class Stream:
             self.local.discard(follower)
         if channel is not None:
             self.remote.discard(channel)
+            self.unfollowed.add(channel)
         self.attendance_check()
 
     def attendance_check(self) -> None:
@@ -184,7 +202,12 @@ class Hub:
         task = asyncio.ensure_future(coroutine)
         task.set_name(name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s failed", task.get_name(), exc_info=task.exception())
 
     # --- Sockets of this process ----------------------------------------------------------------
 
@@ -246,6 +269,10 @@ class Hub:
                     await callback()
                 except Exception:
                     logger.exception("session %s: could not finish after its turn", stream.session_id)
+
+    def turn_announce_soon(self, session_id: UUID, base: int) -> None:
+        """Announce the turn in the background: the socket that started it goes on meanwhile (its `stop` too)."""
+        self._spawn(self.turn_announce(session_id, base), "turn-announce")
 
     async def turn_announce(self, session_id: UUID, base: int) -> None:
         """Tell the session's sockets in other processes that a turn started here, so they follow it.
@@ -310,8 +337,10 @@ class Hub:
             if stream is None:
                 await self.layer.send(message["channel"], {"type": "turn.gone", "session_id": str(session_id)})
             else:
-                # Its own task: replaying must not hold up the other requests.
-                asyncio.create_task(stream.remote_follow(message["channel"], int(message["after"])))
+                # Its own task: replaying must not hold up the other requests. An unfollow
+                # handled before that task ends keeps it from adding the channel.
+                stream.unfollowed.discard(message["channel"])
+                self._spawn(stream.remote_follow(message["channel"], int(message["after"])), "turn-follow")
         elif kind == "turn.unfollow" and stream is not None:
             stream.unfollow(channel=message["channel"])
 
@@ -322,7 +351,11 @@ class Hub:
     # --- Staff watching ------------------------------------------------------------------------------
 
     def watch_renew(self, session_id: UUID) -> None:
-        self.watched_until[session_id] = time.monotonic() + WATCH_LEASE_SECONDS
+        now = time.monotonic()
+        if len(self.watched_until) > WATCHED_PRUNE_AT:
+            # Sessions watched once and never again: forget them.
+            self.watched_until = {key: until for key, until in self.watched_until.items() if until > now}
+        self.watched_until[session_id] = now + WATCH_LEASE_SECONDS
 
     async def watchers_send(self, session_id: UUID, frame: dict[str, Any]) -> None:
         """Copy a frame to the staff watching the session, if any watch now (no traffic otherwise)."""
@@ -333,7 +366,10 @@ class Hub:
             del self.watched_until[session_id]
             return
         try:
-            await self.layer.group_send(watch_group(session_id), {"type": "watch.frame", "frame": frame})
+            await asyncio.wait_for(
+                self.layer.group_send(watch_group(session_id), {"type": "watch.frame", "frame": frame}),
+                timeout=WATCH_SEND_TIMEOUT_SECONDS,
+            )
         except Exception:
             # Watching is a convenience: it never breaks the chat.
             logger.warning("could not copy a frame to the watchers of session %s", session_id, exc_info=True)

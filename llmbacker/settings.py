@@ -265,6 +265,9 @@ CHAT_DB_RETRY_SECONDS = env.float("CHAT_DB_RETRY_SECONDS", default=15.0)
 CHAT_UNATTENDED_REPLY_SECONDS = env.float("CHAT_UNATTENDED_REPLY_SECONDS", default=120.0)
 # How long a finished turn's frames stay in its process for a socket resuming late.
 CHAT_RESUME_GRACE_SECONDS = env.float("CHAT_RESUME_GRACE_SECONDS", default=60.0)
+# A socket following a reply that runs in another process and hearing nothing from it for this
+# long asks again: frames lost on the way are sent again, and a process that died is noticed.
+CHAT_FOLLOW_SILENCE_SECONDS = env.float("CHAT_FOLLOW_SILENCE_SECONDS", default=20.0)
 
 # One handler, on the root logger: daphne's own logging setup then adds none
 # (every line was printed twice), and Celery's worker replaces it with its own.

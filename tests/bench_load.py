@@ -35,13 +35,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
 import psycopg
 
 from .bench_load_clients import COOKIE_CONCURRENCY, Fleets, nofile_raise
-from .conftest import PrivatePostgres, PrivateRedis, free_port, process_stop
+from .conftest import PrivatePostgres, PrivateRedis, free_port, port_wait, process_stop
 from .conftest import daphne_start as conftest_daphne_start
 from .fake_groq import FakeGroq, Reply, text_reply
 
@@ -130,8 +131,13 @@ def fake_groq_serve(tokens: int, ready, stop) -> None:
     server.stop()
 
 
-def daphne_start(*, port: int, database_url: str, redis_url: str, groq_url: str, log) -> subprocess.Popen:
-    """Migrate the bench database, then serve the app with daphne's default settings (DEBUG off)."""
+def daphne_start(
+    *, port: int, database_url: str, redis_url: str, groq_url: str, log, processes: int = 1
+) -> subprocess.Popen:
+    """Migrate the bench database, then serve the app with daphne's default settings (DEBUG off).
+
+    `processes` > 1: that many daphne processes on one socket, through `llmbacker.serve`.
+    """
     env = {
         key: value
         for key, value in os.environ.items()
@@ -156,7 +162,30 @@ def daphne_start(*, port: int, database_url: str, redis_url: str, groq_url: str,
     )
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, stdout=log)
     # preexec_fn: the bench process runs no thread of its own yet.
-    return conftest_daphne_start(port=port, log=log, env=env, preexec_fn=nofile_raise)
+    if processes == 1:
+        return conftest_daphne_start(port=port, log=log, env=env, preexec_fn=nofile_raise)
+    serve = [sys.executable, "-m", "llmbacker.serve", "-b", "127.0.0.1", "-p", str(port), "--processes", str(processes)]
+    process = subprocess.Popen(serve, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=nofile_raise)  # noqa: PLW1509
+    port_wait(port, process)
+    return process
+
+
+class Daphnes:
+    """The daphne processes under the bench, as one: the process itself, or `llmbacker.serve`'s children."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+
+    def processes(self) -> list[psutil.Process]:
+        children = [child for child in self.root.children() if "daphne" in " ".join(child.cmdline())]
+        return children or [self.root]
+
+    def cpu_times(self) -> tuple[float, float]:
+        times = [process.cpu_times() for process in self.processes()]
+        return sum(t.user for t in times), sum(t.system for t in times)
+
+    def memory_info(self) -> SimpleNamespace:
+        return SimpleNamespace(rss=sum(process.memory_info().rss for process in self.processes()))
 
 
 class Database:
@@ -271,7 +300,7 @@ def healthz(base_url: str) -> str:
     return outcome
 
 
-def handshakes_measure(options, fleets: Fleets, daphne: psutil.Process, database: Database, url: str) -> int:
+def handshakes_measure(options, fleets: Fleets, daphne: "Daphnes", database: Database, url: str) -> int:
     """Open every socket at once and print the handshake figures; return how many were accepted."""
     rss_before = daphne.memory_info().rss
     database.statements_reset()
@@ -312,7 +341,7 @@ def handshakes_measure(options, fleets: Fleets, daphne: psutil.Process, database
     return len(accepted)
 
 
-def turns_measure(options, fleets: Fleets, daphne: psutil.Process, database: Database) -> None:
+def turns_measure(options, fleets: Fleets, daphne: "Daphnes", database: Database) -> None:
     """Run one turn on every open socket at once and print the turn figures."""
     database.statements_reset()
     connections_before = database.connections()
@@ -351,7 +380,7 @@ def turns_measure(options, fleets: Fleets, daphne: psutil.Process, database: Dat
     )
 
 
-def measure(options, fleets: Fleets, daphne: psutil.Process, database: Database, url: str) -> None:
+def measure(options, fleets: Fleets, daphne: "Daphnes", database: Database, url: str) -> None:
     """Run the phases and print the figures."""
     say("/healthz", f"{healthz(url)} with no socket open")
     failure = fleets.call("warm_up", first_only=True)[0]
@@ -402,13 +431,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120, help="client-side limit on a handshake or a turn")
     parser.add_argument("--statements", action="store_true", help="list each statement of the turn phase")
     parser.add_argument("--no-cookie", dest="cookie", action="store_false", help="connect without a session cookie")
+    parser.add_argument("--processes", type=int, default=1, help="daphne processes on one socket (llmbacker.serve)")
     options = parser.parse_args()
     # Stopped with SIGTERM, still remove what was started (the private PostgreSQL outlives the bench otherwise).
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     nofile_raise()
     print(
         f"{os.cpu_count()} cores, load average {load_average()}; {options.sockets} sockets x 1 turn x "
-        f"{options.tokens} tokens, fake Groq without delay; {options.clients} client processes, "
+        f"{options.tokens} tokens, fake Groq without delay; {options.processes} daphne process(es), "
+        f"{options.clients} client processes, "
         f"{'a cookie from GET /' if options.cookie else 'no cookie'} per visitor",
         flush=True,
     )
@@ -426,7 +457,12 @@ def main() -> None:
         log = stack.enter_context(open(log_path, "w"))  # noqa: SIM115 (the stack closes it)
         port = free_port()
         process = daphne_start(
-            port=port, database_url=database_url, redis_url=redis_url, groq_url=ready.get(timeout=30), log=log
+            port=port,
+            database_url=database_url,
+            redis_url=redis_url,
+            groq_url=ready.get(timeout=30),
+            log=log,
+            processes=options.processes,
         )
         stack.callback(log_digest, log_path)
         stack.callback(process_stop, process)
@@ -442,7 +478,7 @@ def main() -> None:
         stack.callback(fleets.stop)
         database = Database(database_url)
         stack.callback(database.close)
-        measure(options, fleets, psutil.Process(process.pid), database, url)
+        measure(options, fleets, Daphnes(psutil.Process(process.pid)), database, url)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,29 @@ def _summary_reads_the_live_conversation() -> None:
 
 async def test_summaries_and_the_model_read_only_the_live_conversation():
     await _summary_reads_the_live_conversation()
+
+
+@sync_to_async
+def _search_superseded_and_deleted() -> None:
+    session = ChatSession.objects.create(anon_key="searcher", model="m")
+    record = services.event_record
+    record(session_id=session.id, type=EventType.USER_MESSAGE, content="tell me about zeppelins")
+    record(session_id=session.id, type=EventType.ASSISTANT_MESSAGE, content="Zeppelins float on hydrogen.")
+    record(session_id=session.id, type=EventType.USER_MESSAGE, content="tell me about balloons", supersede=True)
+    record(session_id=session.id, type=EventType.ASSISTANT_MESSAGE, content="Balloons float on helium.")
+    deleted = ChatSession.objects.create(anon_key="searcher", model="m")
+    record(session_id=deleted.id, type=EventType.USER_MESSAGE, content="zeppelins again")
+    services.session_delete_by_owner(session_id=deleted.id)
+
+    def search(query: str) -> list[dict]:
+        return selectors.sessions_search(
+            user_id=None, anon_key="searcher", query=query, exclude_session_id=None, limit=5
+        )
+
+    assert search("zeppelins") == []
+    [found] = search("helium")
+    assert found["matching_messages"] == ["assistant: Balloons float on helium."]
+
+
+async def test_the_session_search_tool_finds_neither_replaced_text_nor_deleted_sessions():
+    await _search_superseded_and_deleted()

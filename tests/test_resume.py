@@ -6,6 +6,7 @@ tests/test_resume_processes.py runs the same across two daphne processes.
 
 import asyncio
 import time
+import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -167,3 +168,68 @@ async def test_a_position_that_is_not_a_number_is_an_error_and_the_socket_works(
     frames = await client.turn("hello")
     assert frames[-1]["type"] == "done"
     await client.close()
+
+
+async def test_a_socket_joining_as_a_turn_finishes_is_not_sent_it_again(avisitor, fake_groq, monkeypatch):
+    """Between the turn's release and the end of its stream (charging its tokens), the history already has it."""
+    from chat import turns
+
+    charged = asyncio.Event()
+    charge = turns.token_budget_charge
+
+    async def slow_charge(**kwargs):
+        await charge(**kwargs)
+        charged.set()
+        await asyncio.sleep(1.0)
+
+    monkeypatch.setattr(turns, "token_budget_charge", slow_charge)
+    visitor = await avisitor()
+    fake_groq.enqueue(text_reply("All of it."))
+    first = ChatClient(visitor)
+    await first.connect()
+    frames = await first.turn("once")
+    await charged.wait()
+    again = ChatClient(visitor, session_id=first.session_id, after=seqs_of(frames)[0] - 1)
+    session = await again.connect()
+    assert session["turn_running"] is False and session["frame_seq"] == seqs_of(frames)[-1]
+    assert [m["content"] for m in session["history"]] == ["once", "All of it."]
+    assert await again.comm.receive_nothing(timeout=1.5)
+    await first.close()
+    await again.close()
+
+
+async def test_a_message_on_a_session_its_owner_deleted_meanwhile_is_refused(avisitor):
+    from audit import services
+
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.turn("hello")
+    await sync_to_async(services.session_delete_by_owner)(session_id=client.session_id)
+    await client.send({"type": "message", "content": "still here?"})
+    frame = await client.receive()
+    assert (frame["type"], frame["code"]) == ("error", "forbidden")
+    assert await client.comm.receive_output() == {"type": "websocket.close", "code": 4403}
+    await client.close()
+    # Nothing of the refused message was recorded.
+    recorded = await sync_to_async(list)(Event.objects.filter(session_id=client.session_id).order_by("seq"))
+    assert [(e.type, e.content) for e in recorded][0] == ("user_message", "hello") and len(recorded) == 2
+
+
+async def test_a_follow_request_answered_after_its_unfollow_does_not_add_the_channel():
+    """A socket of another process that asked to follow and left at once is not sent frames for good."""
+    from chat.streams import Hub, Stream
+
+    hub = Hub()
+    stream = Stream(hub, uuid.uuid4(), base=0)
+    stream.frames = [{"type": "token", "content": "x", "frame_seq": n} for n in range(1, 4)]
+    channel = await hub.layer.new_channel()
+    stream.unfollowed.discard(channel)  # as the hub does when the request arrives
+    following = asyncio.ensure_future(stream.remote_follow(channel, 0))
+    stream.unfollow(channel=channel)  # handled before the replay ends
+    await following
+    assert channel not in stream.remote
+    # Asked again later, it follows.
+    stream.unfollowed.discard(channel)
+    await stream.remote_follow(channel, 3)
+    assert channel in stream.remote
+    stream.end()

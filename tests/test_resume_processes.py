@@ -3,6 +3,7 @@
 import asyncio
 import json
 import random
+import signal
 import subprocess
 import time
 import uuid
@@ -32,19 +33,28 @@ TEXT = " ".join(f"w{n}" for n in range(40))
 RUNS = 100
 
 
+FOLLOW_SILENCE_SECONDS = 1
+
+
 @pytest.fixture(scope="module")
-def two_daphnes(django_db_setup, django_db_blocker, fake_groq_server: FakeGroq) -> Iterator[list[int]]:
-    """Two daphne processes sharing the test database and Redis; yield their ports."""
+def daphne_env(django_db_setup, django_db_blocker, fake_groq_server: FakeGroq) -> dict[str, str]:
     if not on_redis():
         service_missing("two processes share a running turn only through the Redis channel layer")
     with django_db_blocker.unblock():
-        env = subprocess_env(
+        return subprocess_env(
             groq_url=fake_groq_server.url,
             CELERY_BROKER_URL="",
             CHAT_RATE_LIMIT_MESSAGES="0",
             CHAT_RATE_LIMIT_ADDRESS_MESSAGES="0",
             CHAT_TOKEN_BUDGET_PER_DAY="0",
+            CHAT_FOLLOW_SILENCE_SECONDS=str(FOLLOW_SILENCE_SECONDS),
         )
+
+
+@pytest.fixture(scope="module")
+def two_daphnes(daphne_env: dict[str, str]) -> Iterator[list[int]]:
+    """Two daphne processes sharing the test database and Redis; yield their ports."""
+    env = daphne_env
     ARTIFACTS.mkdir(exist_ok=True)
     processes: list[subprocess.Popen] = []
     ports = []
@@ -212,3 +222,39 @@ async def test_stop_sent_through_the_other_process_closes_the_upstream(two_daphn
     await starter.ws.close()
     await other.ws.close()
     await summary_wait(session_id)
+
+
+@pytest.fixture
+def doomed_daphne(daphne_env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A third daphne process on the same database and Redis, for a test to kill."""
+    port = free_port()
+    with open(ARTIFACTS / "daphne-resume.log", "ab") as log:
+        process = daphne_start(port=port, log=log, env=daphne_env)
+        try:
+            yield port, process
+        finally:
+            if process.poll() is None:
+                process_stop(process)
+
+
+async def test_a_socket_following_a_reply_from_a_process_that_dies_is_told(two_daphnes, doomed_daphne, fake_groq):
+    """The process running the reply is killed: the other process's socket notices the silence and says so."""
+    port, doomed = doomed_daphne
+    session_id = uuid.uuid4()
+    cookie = cookie_of(two_daphnes[0])
+    follower = await Socket.open(two_daphnes[0], session_id, cookie)
+    starter = await Socket.open(port, session_id, cookie)
+    fake_groq.enqueue(text_reply(" ".join(["slow"] * 400), delay=0.05))
+    await starter.send({"type": "message", "content": "and then the lights went out"})
+    seen = [await follower.receive()]
+    while seen[-1]["type"] != "token":
+        seen.append(await follower.receive())
+    doomed.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(doomed.wait, 10)
+    while seen[-1]["type"] not in ("error", "done"):
+        seen.append(await follower.receive(timeout=FOLLOW_SILENCE_SECONDS * 2 + 10))
+    assert (seen[-1]["type"], seen[-1]["code"]) == ("error", "reply_unavailable")
+    # The socket goes on.
+    await follower.send({"type": "ping"})
+    assert (await follower.receive())["type"] == "pong"
+    await follower.ws.close()

@@ -14,7 +14,14 @@
   const CLOSE_UNAUTHORIZED = 4401;
   const CLOSE_FORBIDDEN = 4403;
   // Errors the server sends *instead of* starting a turn: no `done` follows them.
-  const NO_TURN_ERRORS = new Set(["busy", "invalid_message", "invalid_json", "message_too_large", "rate_limited"]);
+  const NO_TURN_ERRORS = new Set([
+    "busy",
+    "invalid_message",
+    "invalid_json",
+    "message_too_large",
+    "rate_limited",
+    "token_budget_exceeded",
+  ]);
   // The running reply cannot be followed (its server went away): no `done` will come for it.
   const REPLY_UNAVAILABLE = "reply_unavailable";
   // Any other error during a turn is normally followed by `done`; if none comes within this
@@ -73,6 +80,8 @@
     notice: null, // an error box shown below the history of the session opened (until a message is sent)
     focusedOnce: false, // the input takes the focus when the first session frame arrives
     editing: null, // the element of the last user message while the reader edits it
+    pending: null, // the turn this page asked for, until its first frame shows the server took it
+    historyFresh: false, // the history was drawn with a turn running: its replay starts from it
   };
 
   let turn = turnNew();
@@ -423,7 +432,10 @@
     const resuming = frame.turn_running === true && turn.running && state.frameSeq > base;
     if (!resuming) {
       state.frameSeq = base;
+      state.pending = null;
       historyRender(Array.isArray(frame.history) ? frame.history : []);
+      // The history leaves out the running turn and what it replaced: its user_message is drawn as is.
+      state.historyFresh = frame.turn_running === true;
     }
     statusSet("connected");
     controlsUpdate();
@@ -442,11 +454,18 @@
   /* A message sent from another tab (or this one before a reload): its reply follows. */
   function onUserMessage(frame) {
     const content = typeof frame.content === "string" ? frame.content : "";
+    const fresh = state.historyFresh;
+    state.historyFresh = false;
     if (turn.running) {
       if (turn.userMsg && !turn.assistant && turn.userMsg.raw === content) return; // already shown
       turnInterrupt();
     }
-    if (frame.resend === "regenerate" || frame.resend === "edit") {
+    if (state.editing) {
+      // The last message is now another one: the edit in progress would replace it. Keep the text.
+      state.editing.classList.remove("editing");
+      state.editing = null;
+    }
+    if (!fresh && (frame.resend === "regenerate" || frame.resend === "edit")) {
       // Another tab regenerated the last reply or edited the last message: the earlier turn goes.
       const lastUser = lastUserElement();
       if (lastUser) {
@@ -494,6 +513,7 @@
   }
 
   function onDone(frame) {
+    if (turn === state.pending) state.pending = null;
     const stopFocused = document.activeElement === els.stop;
     let msg = turn.assistant;
     // A turn that ended with no output still gets its (empty) bubble, as the history will show it;
@@ -511,6 +531,20 @@
 
   function onError(frame) {
     const box = errorBuild(frame.code, frame.message, frame.retry_after);
+    const own = state.pending;
+    if (own && NO_TURN_ERRORS.has(frame.code)) {
+      // The server refused what this page sent (another tab's turn may be running meanwhile):
+      // no `done` comes for it, and what it would have replaced stays.
+      state.pending = null;
+      els.messages.appendChild(box);
+      for (const el of own.replaced) el.classList.remove("replaced");
+      own.replaced = [];
+      messageUnsent(own.userMsg);
+      if (turn === own && turn.running && !turn.assistant) turnEnd();
+      scrollFollow();
+      return;
+    }
+    if (turn === own) state.pending = null; // an error of the turn itself: it was taken
     if (turn.running && turn.assistant) messageAddBox(turn.assistant, box);
     else els.messages.appendChild(box);
     scrollFollow();
@@ -522,11 +556,7 @@
 
     turn.hadError = true;
     if (!turn.assistant && NO_TURN_ERRORS.has(frame.code)) {
-      // The server refused the message, so no `done` will come; what it would have replaced stays.
-      for (const el of turn.replaced) el.classList.remove("replaced");
-      turn.replaced = [];
-      messageUnsent(turn.userMsg);
-      turnEnd();
+      turnEnd(); // refused, so no `done` will come
       return;
     }
     const errored = turn;
@@ -591,6 +621,7 @@
     for (const el of replaced) el.classList.add("replaced");
     turnBegin(null);
     turn.replaced = replaced;
+    state.pending = turn;
     state.stickToBottom = true;
     scrollFollow();
   }
@@ -651,6 +682,9 @@
 
   /* The socket went away (or no `done` came): end the reply visually; the server keeps what it got. */
   function turnInterrupt() {
+    // A regenerate or edit that never finished: what it would have replaced shows again.
+    for (const el of turn.replaced) el.classList.remove("replaced");
+    turn.replaced = [];
     if (turn.assistant && turn.assistant.el.classList.contains("streaming")) {
       assistantFinish(turn.assistant, { meta: "interrupted", stopped: false, title: "" });
     }
@@ -815,6 +849,7 @@
   }
 
   function assistantEnsure() {
+    if (turn === state.pending) state.pending = null; // the server took it
     if (turn.assistant && turn.running) return turn.assistant;
     // Frames of a turn this page did not start (should not happen) still lock until `done`.
     if (!turn.running) turnBegin(null);
@@ -1218,6 +1253,7 @@
     inputChanged();
     turnBegin(userMsg);
     turn.replaced = replaced;
+    state.pending = turn;
     state.stickToBottom = true;
     scrollFollow();
   }
@@ -1234,6 +1270,7 @@
   function sessionOpen(id, urlMode) {
     socketDrop();
     state.notice = null;
+    state.pending = null;
     if (state.editing) editCancel();
     turnReset();
     state.frameSeq = 0;
