@@ -102,12 +102,22 @@ class SessionConsumer(AsyncWebsocketConsumer):
     frame_seq_sent: int = 0
     grouped: bool = False
     # The channel of the process whose running turn this socket follows from afar.
+    # The process whose turn's frames are being sent on this socket ("" when none is), the
+    # processes asked for their turn's frames, and frames waiting for the turn being sent to end.
     following: str = ""
+    _asked: set[str]
+    _held: list[tuple[str, dict[str, Any]]]
+    _draining: bool = False
     _follow_watchdog: asyncio.TimerHandle | None = None
     _follow_checking: asyncio.Task | None = None
     _heard_at: float = 0.0  # when the process running the followed turn was last heard from
     _refollowed_at: float = 0.0
     _leaving: asyncio.Task | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._asked = set()
+        self._held = []
 
     async def __call__(self, scope, receive, send) -> None:
         """Serve the socket; however it ends (a close, an exception, a cancel), leave the session."""
@@ -197,11 +207,41 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # --- Frames of the session's turns --------------------------------------------------------------
 
     async def frame_deliver(self, frame: dict[str, Any]) -> None:
-        """Send a turn's frame unless this socket has had it: each frame once, in order."""
-        if frame["frame_seq"] <= self.frame_seq_sent:
-            return
-        self.frame_seq_sent = frame["frame_seq"]
-        await self.emit(frame)
+        """A frame of a turn running in this process (see `chat.streams.Follower`)."""
+        await self._frame_in("", frame)
+
+    async def _frame_in(self, source: str, frame: dict[str, Any]) -> None:
+        """Send a turn's frame unless this socket has had it: each frame once, in order, turn after turn.
+
+        `source`: the channel of the process the frame came from ("" for this
+        one). Frames come from several sources: a turn followed from another
+        process may still be on its way when the next one starts here (or in
+        a third process). Until the turn being sent has ended, frames of
+        other sources wait their turn, so no frame of the next turn overtakes
+        the `done` of this one.
+        """
+        self._held.append((source, frame))
+        if self._draining:
+            return  # the loop below, already running, sends it
+        self._draining = True
+        try:
+            while self._held:
+                index = 0
+                if self.following:
+                    index = next((i for i, (src, _) in enumerate(self._held) if src == self.following), -1)
+                    if index < 0:
+                        break  # the rest waits for the followed turn's next frames
+                source, frame = self._held.pop(index)
+                if source and not self.following:
+                    self.following = source
+                if frame["frame_seq"] > self.frame_seq_sent:
+                    self.frame_seq_sent = frame["frame_seq"]
+                    await self.emit(frame)
+                if source and frame.get("type") == "done":
+                    self._asked.discard(source)
+                    self.following = ""
+        finally:
+            self._draining = False
 
     async def _follow_remote(self, owner: str, *, base: int) -> None:
         """Ask the process running the session's turn to send this socket its frames after what it has."""
@@ -210,23 +250,17 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # over, with its release not recorded yet: the history has what was saved.
             await self._reply_unavailable()
             return
-        self.following = owner
-        self.frame_seq_sent = max(self.frame_seq_sent, base)
-        await self._follow_request()
+        self._asked.add(owner)
+        await self._follow_request(owner, after=max(self.frame_seq_sent, base))
         if self._follow_checking is None or self._follow_checking.done():
             self._follow_checking = asyncio.create_task(self._follow_check())
 
-    async def _follow_request(self) -> None:
-        """Ask the followed process for the frames after what this socket has; give up if it does not answer."""
-        request = {
-            "type": "turn.follow",
-            "session_id": str(self.session_id),
-            "channel": self.channel_name,
-            "after": self.frame_seq_sent,
-        }
+    async def _follow_request(self, owner: str, *, after: int) -> None:
+        """Ask a process for its turn's frames after `after`; give up if it does not answer."""
+        request = {"type": "turn.follow", "session_id": str(self.session_id), "channel": self.channel_name}
         self._heard_at = self._refollowed_at = time.monotonic()
         try:
-            await hub().request_send(self.following, request)
+            await hub().request_send(owner, {**request, "after": after})
         except Exception:
             logger.warning("could not ask for the frames of session %s", self.session_id, exc_info=True)
             await self._reply_unavailable()
@@ -238,11 +272,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _follow_check(self) -> None:
         """While following a reply from afar, ask again after a silence (lost frames, a process gone)."""
-        while self.following:
+        while self._asked:
             await asyncio.sleep(settings.CHAT_FOLLOW_SILENCE_SECONDS / 2)
-            if self.following and self._follow_watchdog is None:
-                if time.monotonic() - self._heard_at > settings.CHAT_FOLLOW_SILENCE_SECONDS:
-                    await self._follow_request()
+            silent = time.monotonic() - self._heard_at > settings.CHAT_FOLLOW_SILENCE_SECONDS
+            if self._asked and silent and self._follow_watchdog is None:
+                owner = self.following or next(iter(self._asked))
+                await self._follow_request(owner, after=self.frame_seq_sent)
 
     def _watchdog_cancel(self) -> None:
         if self._follow_watchdog is not None:
@@ -252,13 +287,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _reply_unavailable(self) -> None:
         """The running reply cannot be followed (its process is gone): say so; the record has what was saved."""
         self._watchdog_cancel()
-        if self.following:
-            await self._unfollow_send(self.following)
+        for owner in self._asked:
+            await self._unfollow_send(owner)
+        self._asked.clear()
         self.following = ""
+        # What came from elsewhere is dropped with them; a turn of this process goes on.
+        self._held = [(source, frame) for source, frame in self._held if not source]
         await self.error(
             "reply_unavailable",
             "The reply being generated cannot be followed from here; reload the session to see what was recorded.",
         )
+        if self._held:
+            source, frame = self._held.pop(0)
+            await self._frame_in(source, frame)
 
     async def turn_started(self, event: dict[str, Any]) -> None:
         """A turn of the session started: follow it when it runs in another process."""
@@ -271,23 +312,23 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self._heard_at = time.monotonic()
 
     async def turn_frame(self, event: dict[str, Any]) -> None:
-        """A frame of a turn running in another process (dropped unless this socket follows one)."""
-        if self.session_id is None or not self.following:
+        """A frame of a turn running in another process (dropped unless this socket asked for it)."""
+        owner = event.get("owner", "")
+        if self.session_id is None or owner not in self._asked:
             return
         frame = event["frame"]
         self._heard_at = time.monotonic()
-        if frame["frame_seq"] > self.frame_seq_sent + 1 and frame.get("type") != "user_message":
+        missing = frame["frame_seq"] > self.frame_seq_sent + 1 and frame.get("type") != "user_message"
+        if missing and owner == self.following:
             # Frames went missing on the way (a full channel, a layer blip): ask for them again; this one follows.
             if self._heard_at - self._refollowed_at > REFOLLOW_MIN_SECONDS:
-                await self._follow_request()
+                await self._follow_request(owner, after=self.frame_seq_sent)
             return
-        if frame.get("type") == "done":
-            self.following = ""
-        await self.frame_deliver(frame)
+        await self._frame_in(owner, frame)
 
     async def turn_gone(self, event: dict[str, Any]) -> None:
         """The process asked for a turn's frames has none any more."""
-        if self.session_id is not None and self.following:
+        if self.session_id is not None and event.get("owner", "") in self._asked:
             await self._reply_unavailable()
 
     async def watch_start(self, event: dict[str, Any]) -> None:
@@ -328,7 +369,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         """Stop the session's running reply, wherever it runs; nothing to stop is not an error."""
         if hub().turn_stop_local(self.session_id):
             return
-        owner = self.following or await turn_owner(session_id=self.session_id)
+        owner = self.following or next(iter(self._asked), "") or await turn_owner(session_id=self.session_id)
         if owner and owner != hub().channel:
             await hub().request_send(owner, {"type": "turn.stop", "session_id": str(self.session_id)})
 
@@ -433,8 +474,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         hub().socket_discard(self.session_id, self)
         if self._follow_checking is not None:
             self._follow_checking.cancel()
-        if self.following:
-            await self._unfollow_send(self.following)
+        for owner in self._asked:
+            await self._unfollow_send(owner)
         stream = hub().streams.get(self.session_id)
         if (
             stream is not None

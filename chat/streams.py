@@ -109,7 +109,10 @@ class Stream:
         A channel that fails stops being followed; its socket notices the
         silence and asks again (see `SessionConsumer._follow_check`).
         """
-        message = frame if frame.get("type") == "turn.following" else {"type": "turn.frame", "frame": frame}
+        if frame.get("type") == "turn.following":
+            message = {**frame, "owner": self.hub.channel}
+        else:
+            message = {"type": "turn.frame", "frame": frame, "owner": self.hub.channel}
         try:
             await asyncio.wait_for(self.hub.layer.send(channel, message), timeout=LAYER_TIMEOUT_SECONDS)
         except Exception as exc:
@@ -123,9 +126,11 @@ class Stream:
 
     async def local_follow(self, follower: Follower) -> None:
         """Send a socket of this process the frames it has not had, then each new one."""
-        while missing := self.after(follower.frame_seq_sent):
+        position = follower.frame_seq_sent
+        while missing := self.after(position):
             for frame in missing:
                 await follower.frame_deliver(frame)
+                position = frame["frame_seq"]
         # No await between the last check and this: no frame can slip between.
         self.local.add(follower)
         self.attendance_check()
@@ -335,7 +340,8 @@ class Hub:
             self.turn_stop_local(session_id)
         elif kind == "turn.follow":
             if stream is None:
-                await self.layer.send(message["channel"], {"type": "turn.gone", "session_id": str(session_id)})
+                gone = {"type": "turn.gone", "session_id": str(session_id), "owner": self.channel}
+                await self.layer.send(message["channel"], gone)
             else:
                 # Its own task: replaying must not hold up the other requests. An unfollow
                 # handled before that task ends keeps it from adding the channel.

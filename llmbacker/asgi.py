@@ -13,6 +13,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from chat.handshake import StrictOriginValidator, auth_middleware_stack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
+from .autobahn_debug import lazy_pformat_install  # noqa: E402
+
+lazy_pformat_install()
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,

@@ -11,10 +11,12 @@ README, "Replies that outlive the socket"). Several processes need a shared
 channel layer, so without REDIS_URL only one is started.
 
 A process that exits is started again (after a second); SIGTERM or SIGINT
-stops them all. Arguments after `--` go to every daphne unchanged.
+stops them all, and a launcher that is killed takes them with it. Arguments after `--` go to every daphne unchanged.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -23,6 +25,7 @@ import sys
 import time
 
 RESTART_DELAY_SECONDS = 1.0
+PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_SECONDS = 10.0
 
 
@@ -36,9 +39,19 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _die_with_parent() -> None:
+    """In the child: be sent SIGTERM when the launcher dies, even killed (Linux; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def daphne(fd: int, extra: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *extra, "llmbacker.asgi:application"]
-    return subprocess.Popen(command, pass_fds=[fd])  # noqa: S603 (our own interpreter and arguments)
+    # preexec_fn: the launcher runs no thread of its own.
+    return subprocess.Popen(command, pass_fds=[fd], preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
 
 
 def main(argv: list[str] | None = None) -> int:

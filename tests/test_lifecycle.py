@@ -156,7 +156,9 @@ async def test_a_turn_whose_release_failed_for_good_is_free_for_its_own_socket(
     assert (await session_of(client.session_id)).turn_lease is not None
     # Another tab of the session is told busy while the claim's socket lives...
     tab = ChatClient(visitor, session_id=client.session_id)
-    await tab.connect()
+    assert (await tab.connect())["turn_running"] is True
+    # The row says a turn runs here, but none does: the tab is told it cannot follow it.
+    assert (await tab.receive())["code"] == "reply_unavailable"
     await tab.send({"type": "message", "content": "from the other tab"})
     frame = await tab.receive()
     assert (frame["type"], frame["code"]) == ("error", "busy")
