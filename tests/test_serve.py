@@ -28,6 +28,15 @@ def daphnes_of(serve: subprocess.Popen) -> list[psutil.Process]:
     return found
 
 
+def daphnes_wait(serve: subprocess.Popen, count: int, timeout: float = 20) -> list[psutil.Process]:
+    """Wait until `count` daphne processes run under the launcher (it listens before starting them)."""
+    deadline = time.monotonic() + timeout
+    while len(found := daphnes_of(serve)) != count:
+        assert time.monotonic() < deadline, f"{len(found)} daphne processes, not {count}"
+        time.sleep(0.1)
+    return found
+
+
 def one_turn(port: int, cookie: str) -> str:
     """Chat one turn over a socket of the served app; return the reply's text."""
     with connect(
@@ -59,7 +68,7 @@ def test_several_daphne_processes_share_the_port_and_one_that_dies_is_replaced(f
         )
         try:
             port_wait(port, serve)
-            assert len(daphnes_of(serve)) == 2
+            daphnes_wait(serve, 2)
             cookie = visitor_cookie(f"http://127.0.0.1:{port}")
             assert one_turn(port, cookie) == "You said: hello"
             victim = daphnes_of(serve)[0]
@@ -95,8 +104,7 @@ def test_a_killed_launcher_takes_its_daphne_processes_with_it(fake_groq_server):
         stderr=subprocess.DEVNULL,
     )
     port_wait(port, serve)
-    children = daphnes_of(serve)
-    assert len(children) == 2
+    children = daphnes_wait(serve, 2)
     serve.kill()
     serve.wait(timeout=10)
     gone, alive = psutil.wait_procs(children, timeout=15)
@@ -117,6 +125,8 @@ def test_without_redis_one_process_serves(tmp_path):
     )
     try:
         port_wait(port, serve)
+        daphnes_wait(serve, 1)
+        time.sleep(1)  # and no second one follows
         assert len(daphnes_of(serve)) == 1
     finally:
         serve.send_signal(signal.SIGTERM)
