@@ -21,7 +21,7 @@ from .handshake import Caller, caller_identify, user_resolve
 from .presence import presence
 from .protocol import FrameError, frame_parse
 from .retry import database_retry
-from .streams import hub, session_group, watch_group
+from .streams import Frame, hub, session_group, watch_group
 from .turns import Turn
 
 __all__ = ["SessionConsumer", "SessionWatchConsumer", "session_group", "watch_group"]
@@ -106,7 +106,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # processes asked for their turn's frames, and frames waiting for the turn being sent to end.
     following: str = ""
     _asked: set[str]
-    _held: list[tuple[str, dict[str, Any]]]
+    _held: list[tuple[str, Frame]]
     _draining: bool = False
     _follow_watchdog: asyncio.TimerHandle | None = None
     _follow_checking: asyncio.Task | None = None
@@ -206,11 +206,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # --- Frames of the session's turns --------------------------------------------------------------
 
-    async def frame_deliver(self, frame: dict[str, Any]) -> None:
+    async def frame_deliver(self, frame: Frame) -> None:
         """A frame of a turn running in this process (see `chat.streams.Follower`)."""
         await self._frame_in("", frame)
 
-    async def _frame_in(self, source: str, frame: dict[str, Any]) -> None:
+    async def _frame_in(self, source: str, frame: Frame) -> None:
         """Send a turn's frame unless this socket has had it: each frame once, in order, turn after turn.
 
         `source`: the channel of the process the frame came from ("" for this
@@ -231,13 +231,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
                     index = next((i for i, (src, _) in enumerate(self._held) if src == self.following), -1)
                     if index < 0:
                         break  # the rest waits for the followed turn's next frames
-                source, frame = self._held.pop(index)
+                source, (seq, kind, text) = self._held.pop(index)
                 if source and not self.following:
                     self.following = source
-                if frame["frame_seq"] > self.frame_seq_sent:
-                    self.frame_seq_sent = frame["frame_seq"]
-                    await self.emit(frame)
-                if source and frame.get("type") == "done":
+                if seq > self.frame_seq_sent:
+                    self.frame_seq_sent = seq
+                    await self._send_text(text, kind)
+                if source and kind == "done":
                     self._asked.discard(source)
                     self.following = ""
         finally:
@@ -316,9 +316,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         owner = event.get("owner", "")
         if self.session_id is None or owner not in self._asked:
             return
-        frame = event["frame"]
+        seq, kind, text = event["frame"]
+        frame = (seq, kind, text)
         self._heard_at = time.monotonic()
-        missing = frame["frame_seq"] > self.frame_seq_sent + 1 and frame.get("type") != "user_message"
+        missing = seq > self.frame_seq_sent + 1 and kind != "user_message"
         if missing and owner == self.following:
             # Frames went missing on the way (a full channel, a layer blip): ask for them again; this one follows.
             if self._heard_at - self._refollowed_at > REFOLLOW_MIN_SECONDS:
@@ -403,7 +404,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.warning("could not open this process's turn channel", exc_info=True)
             owner = ""
         try:
-            base = await turn_claim(session_id=self.session_id, lease_id=self.lease_id, owner=owner)
+            claim = await turn_claim(session_id=self.session_id, lease_id=self.lease_id, owner=owner)
         except ChatSession.DoesNotExist:
             # It was deleted as empty while this socket could not renew its lease: connecting again recreates it.
             await self._refuse_unavailable()
@@ -417,9 +418,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.exception("could not claim a turn on session %s", self.session_id)
             await self.error("internal", "The message could not be accepted; try again.")
             return
-        if base is None:
+        if claim is None:
             await self.error("busy", "A reply is being generated for this session in another window.")
             return
+        base = claim.base
         # No await from here to turn_start: a stream is never left without its turn.
         stream = hub().stream_open(self.session_id, base)
         turn = Turn(
@@ -436,7 +438,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.frame_seq_sent = max(self.frame_seq_sent, base + 1)
         # Numbered first: the turn's task has not run yet (it starts at this coroutine's next await).
         await stream.publish({"type": "user_message", "content": content, **({"resend": resend} if resend else {})})
-        hub().turn_announce_soon(self.session_id, base)
+        if claim.shared:
+            # Other sockets are on the session, maybe in other processes: tell them. (A socket that
+            # joins later finds the turn on the session row.) One socket alone costs no message.
+            hub().turn_announce_soon(self.session_id, base)
 
     # --- Leaving -----------------------------------------------------------------------------------
 
@@ -507,10 +512,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def emit(self, frame: dict[str, Any]) -> None:
         """Send a frame; a client already gone is not an error."""
+        await self._send_text(json.dumps(frame, default=str), frame.get("type", ""))
+
+    async def _send_text(self, text: str, kind: str) -> None:
         try:
-            await self.send(text_data=json.dumps(frame, default=str))
+            await self.send(text_data=text)
         except Exception:
-            logger.debug("could not send a %s frame to session %s", frame.get("type"), self.session_id)
+            logger.debug("could not send a %s frame to session %s", kind, self.session_id)
 
     async def error(self, code: str, message: str) -> None:
         """Send an error frame."""
@@ -551,8 +559,8 @@ class SessionWatchConsumer(AsyncWebsocketConsumer):
         """Watching is read-only: anything sent is ignored."""
 
     async def watch_frame(self, event: dict[str, Any]) -> None:
-        """Pass a frame of the watched session on to the staff member's browser."""
-        await self.send(text_data=json.dumps(event["frame"], default=str))
+        """Pass a frame of the watched session on to the staff member's browser (as JSON text already)."""
+        await self.send(text_data=event["text"])
 
     async def disconnect(self, code: int) -> None:
         """Stop renewing and leave the watch group (the lease then runs out by itself)."""

@@ -108,8 +108,8 @@ def socket_leave(*, session_id: UUID, lease_id: UUID) -> bool:
     return services.socket_leave(session_id=session_id, lease_id=lease_id)
 
 
-def turn_claim(*, session_id: UUID, lease_id: UUID, owner: str) -> int | None:
-    """Claim the session's single turn slot for this socket; return the frame_seq base, None when busy."""
+def turn_claim(*, session_id: UUID, lease_id: UUID, owner: str) -> services.Claim | None:
+    """Claim the session's single turn slot for this socket; return the claim (see there), None when busy."""
     return services.turn_claim(session_id=session_id, lease_id=lease_id, stale_after=TURN_STALE_AFTER, owner=owner)
 
 

@@ -21,6 +21,7 @@ process, one per test.
 """
 
 import asyncio
+import json
 import logging
 import time
 import weakref
@@ -55,12 +56,18 @@ def watch_group(session_id: UUID) -> str:
     return f"session-watch.{session_id}"
 
 
+# A numbered frame as it is kept and passed on: (frame_seq, its type, its JSON text). Serialized
+# once for every socket that gets it, and, being a tuple of str and int, left alone by the
+# garbage collector however many are kept.
+Frame = tuple[int, str, str]
+
+
 class Follower(Protocol):
     """A socket of this process that is sent a turn's frames."""
 
     frame_seq_sent: int
 
-    async def frame_deliver(self, frame: dict[str, Any]) -> None: ...
+    async def frame_deliver(self, frame: Frame) -> None: ...
 
 
 class Stream:
@@ -70,7 +77,7 @@ class Stream:
         self.hub = hub
         self.session_id = session_id
         self.base = base
-        self.frames: list[dict[str, Any]] = []
+        self.frames: list[Frame] = []
         self.local: set[Follower] = set()
         # Sockets of other processes: their channels.
         self.remote: set[str] = set()
@@ -86,13 +93,14 @@ class Stream:
     def last_seq(self) -> int:
         return self.base + len(self.frames)
 
-    def after(self, frame_seq: int) -> list[dict[str, Any]]:
+    def after(self, frame_seq: int) -> list[Frame]:
         """Return the frames numbered after `frame_seq`."""
         return self.frames[max(0, frame_seq - self.base) :]
 
     async def publish(self, frame: dict[str, Any]) -> None:
         """Number the frame, keep it, and send it to every follower (and the staff watching)."""
-        numbered = {**frame, "frame_seq": self.last_seq + 1}
+        seq = self.last_seq + 1
+        numbered = (seq, frame["type"], json.dumps({**frame, "frame_seq": seq}, default=str))
         self.frames.append(numbered)
         # The usual case, one socket of this process and nobody watching, costs one call.
         for follower in list(self.local):
@@ -101,18 +109,18 @@ class Stream:
             for channel in list(self.remote):
                 await self._remote_send(channel, numbered)
         if self.hub.watched_until:
-            await self.hub.watchers_send(self.session_id, numbered)
+            await self.hub.watchers_send(self.session_id, numbered[2])
 
-    async def _remote_send(self, channel: str, frame: dict[str, Any]) -> bool:
-        """Send a frame (or the `turn.following` message) to a socket of another process.
+    async def _remote_send(self, channel: str, frame: Frame | None) -> bool:
+        """Send a frame (None: the `turn.following` answer) to a socket of another process.
 
         A channel that fails stops being followed; its socket notices the
         silence and asks again (see `SessionConsumer._follow_check`).
         """
-        if frame.get("type") == "turn.following":
-            message = {**frame, "owner": self.hub.channel}
+        if frame is None:
+            message = {"type": "turn.following", "session_id": str(self.session_id), "owner": self.hub.channel}
         else:
-            message = {"type": "turn.frame", "frame": frame, "owner": self.hub.channel}
+            message = {"type": "turn.frame", "frame": list(frame), "owner": self.hub.channel}
         try:
             await asyncio.wait_for(self.hub.layer.send(channel, message), timeout=LAYER_TIMEOUT_SECONDS)
         except Exception as exc:
@@ -130,7 +138,7 @@ class Stream:
         while missing := self.after(position):
             for frame in missing:
                 await follower.frame_deliver(frame)
-                position = frame["frame_seq"]
+                position = frame[0]
         # No await between the last check and this: no frame can slip between.
         self.local.add(follower)
         self.attendance_check()
@@ -142,15 +150,14 @@ class Stream:
         nothing for a while), this sends what it asks for again: the socket
         drops what it has.
         """
-        following = {"type": "turn.following", "session_id": str(self.session_id)}
-        if not await self._remote_send(channel, following):
+        if not await self._remote_send(channel, None):
             return
         position = after
         while missing := self.after(position):
             for frame in missing:
                 if not await self._remote_send(channel, frame):
                     return
-                position = frame["frame_seq"]
+                position = frame[0]
         if channel in self.unfollowed:
             return  # it left while this was replaying
         self.remote.add(channel)
@@ -363,7 +370,7 @@ class Hub:
             self.watched_until = {key: until for key, until in self.watched_until.items() if until > now}
         self.watched_until[session_id] = now + WATCH_LEASE_SECONDS
 
-    async def watchers_send(self, session_id: UUID, frame: dict[str, Any]) -> None:
+    async def watchers_send(self, session_id: UUID, text: str) -> None:
         """Copy a frame to the staff watching the session, if any watch now (no traffic otherwise)."""
         until = self.watched_until.get(session_id)
         if until is None:
@@ -373,7 +380,7 @@ class Hub:
             return
         try:
             await asyncio.wait_for(
-                self.layer.group_send(watch_group(session_id), {"type": "watch.frame", "frame": frame}),
+                self.layer.group_send(watch_group(session_id), {"type": "watch.frame", "text": text}),
                 timeout=WATCH_SEND_TIMEOUT_SECONDS,
             )
         except Exception:

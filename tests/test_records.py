@@ -217,25 +217,27 @@ def test_one_turn_at_a_time_per_session():
     session = session_with_messages()
     stale_after = timedelta(minutes=10)
     tab, other_tab = lease(session), lease(session)
-    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after, owner="turns.a") == 0
+    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after, owner="turns.a") == (
+        services.Claim(base=0, shared=True)
+    )
     assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after) is None
     assert ChatSession.objects.get(pk=session.pk).turn_owner == "turns.a"
     services.turn_release(session_id=session.id, lease_id=tab, frame_seq=7)
     released = ChatSession.objects.get(pk=session.pk)
     assert (released.turn_lease, released.turn_owner, released.frame_seq) == (None, "", 7)
-    assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after) == 7
+    assert services.turn_claim(session_id=session.id, lease_id=other_tab, stale_after=stale_after).base == 7
     # A hung turn is taken over after `stale_after` even though its socket is live; its
     # frames were never recorded, so the next turn numbers its frames well past them.
     ChatSession.objects.filter(pk=session.pk).update(turn_started_at=timezone.now() - timedelta(minutes=11))
     taken_over = services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after)
-    assert taken_over == 7 + services.ORPHAN_FRAME_GAP
+    assert taken_over.base == 7 + services.ORPHAN_FRAME_GAP
 
 
 def test_a_turn_claim_is_free_once_its_sockets_lease_runs_out():
     session = session_with_messages()
     stale_after = timedelta(minutes=10)
     crashed, survivor = lease(session), lease(session)
-    assert services.turn_claim(session_id=session.id, lease_id=crashed, stale_after=stale_after) == 0
+    assert services.turn_claim(session_id=session.id, lease_id=crashed, stale_after=stale_after).base == 0
     assert services.turn_claim(session_id=session.id, lease_id=survivor, stale_after=stale_after) is None
     SocketLease.objects.filter(pk=crashed).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert services.turn_claim(session_id=session.id, lease_id=survivor, stale_after=stale_after) is not None
@@ -249,7 +251,8 @@ def test_a_socket_whose_release_failed_may_claim_its_next_turn():
     session = session_with_messages()
     tab = lease(session)
     stale_after = timedelta(minutes=10)
-    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is not None
+    # The only socket of its session: nobody else to tell that a turn started.
+    assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after).shared is False
     assert services.turn_claim(session_id=session.id, lease_id=tab, stale_after=stale_after) is not None
 
 

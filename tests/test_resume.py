@@ -221,7 +221,7 @@ async def test_a_follow_request_answered_after_its_unfollow_does_not_add_the_cha
 
     hub = Hub()
     stream = Stream(hub, uuid.uuid4(), base=0)
-    stream.frames = [{"type": "token", "content": "x", "frame_seq": n} for n in range(1, 4)]
+    stream.frames = [(n, "token", f'{{"type": "token", "content": "x", "frame_seq": {n}}}') for n in range(1, 4)]
     channel = await hub.layer.new_channel()
     stream.unfollowed.discard(channel)  # as the hub does when the request arrives
     following = asyncio.ensure_future(stream.remote_follow(channel, 0))
