@@ -34,6 +34,11 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             try:
                 message = await super().receive(channel)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # A cancel that closed the connection under the read surfaces as a connection
+                    # error: it is still a cancel (a retry here would never end the task).
+                    raise asyncio.CancelledError from exc
                 if not self.receive_failing:
                     self.receive_failing = True
                     logger.warning("channel layer: Redis is unreachable (%s: %s); retrying", type(exc).__name__, exc)

@@ -328,6 +328,9 @@ class Hub:
             try:
                 message = await self.layer.receive(self.channel)
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # see chat.layers
                 # The layer is down (Redis restarting): requests wait in it meanwhile.
                 logger.warning("could not receive turn requests (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1.0)

@@ -1,0 +1,51 @@
+"""The Redis channel layer's receive: waits Redis out, yet ends when its task is cancelled."""
+
+import asyncio
+
+import pytest
+from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from chat.layers import RedisChannelLayer
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_cancel_that_surfaces_as_a_connection_error_still_ends_the_receive(monkeypatch):
+    """Closing the connection under a cancelled read raises ConnectionError, not CancelledError.
+
+    The receive must not take that for an outage and retry forever: a loop
+    shutting down (daphne's, or a test's) would wait on it for good.
+    """
+    reading = asyncio.Event()
+
+    async def read_cut_by_the_cancel(self, channel):
+        reading.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+
+    monkeypatch.setattr(BaseRedisChannelLayer, "receive", read_cut_by_the_cancel)
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    receiving = asyncio.create_task(layer.receive("specific.x!y"))
+    await reading.wait()
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(receiving, timeout=2)
+
+
+async def test_an_outage_is_waited_out(monkeypatch):
+    calls = []
+
+    async def down_then_up(self, channel):
+        calls.append(channel)
+        if len(calls) < 3:
+            raise RedisConnectionError("Connection refused")
+        return {"type": "hello"}
+
+    monkeypatch.setattr(BaseRedisChannelLayer, "receive", down_then_up)
+    monkeypatch.setattr("chat.layers.RETRY_FIRST_SECONDS", 0.01)
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
+    assert await asyncio.wait_for(layer.receive("specific.x!y"), timeout=5) == {"type": "hello"}
+    assert len(calls) == 3
