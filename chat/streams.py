@@ -394,6 +394,24 @@ class Hub:
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
 
 
+async def hub_close() -> None:
+    """Stop the running event loop's hub, if it has one: its request loop and its background tasks.
+
+    daphne never needs this (its loop lasts as long as the process); an event
+    loop that ends while the hub still reads from Redis (a test's) would
+    otherwise wait at its close for a cancelled read that channels-redis and
+    redis-py may not give back.
+    """
+    found = _hubs.pop(asyncio.get_running_loop(), None)
+    if found is None:
+        return
+    tasks = [task for task in (found._receiving, *found._tasks) if task is not None and not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+
+
 def hub() -> Hub:
     """Return the running event loop's hub."""
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -17,6 +17,7 @@ from urllib.parse import quote
 from urllib.request import urlopen
 
 import pytest
+import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -78,6 +79,15 @@ def database_quiet_before_flush(request) -> Iterator[None]:
             warnings.warn(f"other connections still busy before the flush: {busy}", stacklevel=1)
             return
         time.sleep(0.05)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def chat_hub_closed() -> AsyncIterator[None]:
+    """Stop the test loop's chat hub (see `chat.streams.hub_close`) before the loop closes."""
+    yield
+    from chat.streams import hub_close
+
+    await hub_close()
 
 
 @pytest.fixture(scope="session", autouse=True)
