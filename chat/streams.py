@@ -204,6 +204,8 @@ class Hub:
         self.streams: dict[UUID, Stream] = {}
         self.sockets: dict[UUID, set[Follower]] = defaultdict(set)
         self.watched_until: dict[UUID, float] = {}
+        # Sessions whose group this process's channel joined (announced turns), left when their stream goes.
+        self.grouped: set[UUID] = set()
         self.channel = ""
         self._channel_lock = asyncio.Lock()
         self._receiving: asyncio.Task | None = None
@@ -255,7 +257,8 @@ class Hub:
         if self.streams.get(stream.session_id) is not stream:
             return  # a later turn of the session runs here now
         del self.streams[stream.session_id]
-        if self.channel:
+        if stream.session_id in self.grouped:
+            self.grouped.discard(stream.session_id)
             self._spawn(self._group_leave(stream.session_id), "turn-group-leave")
 
     async def _group_leave(self, session_id: UUID) -> None:
@@ -299,6 +302,7 @@ class Hub:
         started = {"type": "turn.started", "session_id": str(session_id), "owner": self.channel, "base": base}
         try:
             await asyncio.wait_for(self.layer.group_add(group, self.channel), timeout=LAYER_TIMEOUT_SECONDS)
+            self.grouped.add(session_id)
             await asyncio.wait_for(self.layer.group_send(group, started), timeout=LAYER_TIMEOUT_SECONDS)
         except Exception:
             logger.warning("could not announce the turn of session %s to its other sockets", session_id, exc_info=True)
