@@ -206,13 +206,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # --- Frames of the session's turns --------------------------------------------------------------
 
-    async def frame_deliver(self, frame: Frame) -> None:
-        """A frame of a turn running in this process (see `chat.streams.Follower`)."""
-        await self._frame_in("", frame)
-
-    async def _frame_in(self, source: str, frame: Frame) -> None:
+    async def frame_deliver(self, frame: Frame, source: str = "") -> None:
         """Send a turn's frame unless this socket has had it: each frame once, in order, turn after turn.
 
+        Called directly for a turn running in this process (`chat.streams.Follower`).
         `source`: the channel of the process the frame came from ("" for this
         one). Frames come from several sources: a turn followed from another
         process may still be on its way when the next one starts here (or in
@@ -236,7 +233,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
                     self.following = source
                 if seq > self.frame_seq_sent:
                     self.frame_seq_sent = seq
-                    await self._send_text(text, kind)
+                    try:  # _send_text inlined: this runs for every token
+                        await self.send(text_data=text)
+                    except Exception:
+                        logger.debug("could not send a %s frame to session %s", kind, self.session_id)
                 if source and kind == "done":
                     self._asked.discard(source)
                     self.following = ""
@@ -299,7 +299,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         )
         if self._held:
             source, frame = self._held.pop(0)
-            await self._frame_in(source, frame)
+            await self.frame_deliver(frame, source)
 
     async def turn_started(self, event: dict[str, Any]) -> None:
         """A turn of the session started: follow it when it runs in another process."""
@@ -325,7 +325,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             if self._heard_at - self._refollowed_at > REFOLLOW_MIN_SECONDS:
                 await self._follow_request(owner, after=self.frame_seq_sent)
             return
-        await self._frame_in(owner, frame)
+        await self.frame_deliver(frame, owner)
 
     async def turn_gone(self, event: dict[str, Any]) -> None:
         """The process asked for a turn's frames has none any more."""

@@ -67,7 +67,7 @@ class Follower(Protocol):
 
     frame_seq_sent: int
 
-    async def frame_deliver(self, frame: Frame) -> None: ...
+    async def frame_deliver(self, frame: Frame, source: str = "") -> None: ...
 
 
 class Stream:
@@ -98,12 +98,12 @@ class Stream:
         return self.frames[max(0, frame_seq - self.base) :]
 
     async def publish(self, frame: dict[str, Any]) -> None:
-        """Number the frame, keep it, and send it to every follower (and the staff watching)."""
-        seq = self.last_seq + 1
-        numbered = (seq, frame["type"], json.dumps({**frame, "frame_seq": seq}, default=str))
+        """Number the frame (in place), keep it, and send it to every follower (and the staff watching)."""
+        seq = frame["frame_seq"] = self.last_seq + 1
+        numbered = (seq, frame["type"], json.dumps(frame, default=str))
         self.frames.append(numbered)
         # The usual case, one socket of this process and nobody watching, costs one call.
-        for follower in list(self.local):
+        for follower in tuple(self.local):
             await follower.frame_deliver(numbered)
         if self.remote:
             for channel in list(self.remote):

@@ -14,6 +14,7 @@ from chat.handshake import StrictOriginValidator, auth_middleware_stack  # noqa:
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 from .autobahn_debug import lazy_pformat_install  # noqa: E402
+from .collector import collector_tune  # noqa: E402
 
 lazy_pformat_install()
 
@@ -24,3 +25,6 @@ application = ProtocolTypeRouter(
         "websocket": StrictOriginValidator(auth_middleware_stack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Last: what was built until now lives as long as the process.
+collector_tune()

@@ -151,6 +151,10 @@ REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=1000)
 
 CHANNEL_CAPACITY = 1000
 
+# Allocations between two collections of Python's youngest generation in daphne
+# (Python's default is 700; 0 keeps it). See llmbacker/collector.py.
+GC_THRESHOLD = env.int("GC_THRESHOLD", default=10_000)
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
