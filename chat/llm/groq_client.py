@@ -11,7 +11,7 @@ from typing import Any
 import groq
 import httpx
 
-from .sse import StreamCutShort, StreamErrorEvent, sse_chunks
+from .sse import SSEDecoder, StreamErrorEvent
 from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
 
 
@@ -197,42 +197,45 @@ class GroqChatModel:
                     raise LLMError(
                         "llm_unavailable", "The model service took too long to send the first token."
                     ) from None
-                chunks = aiter(sse_chunks(response.aiter_lines()))
+                reads = aiter(response.aiter_bytes())
+                decoder = SSEDecoder()
                 answered = False
-                while True:
+                while not decoder.done:
                     # Until the first text or tool call: what is left of the first-token
-                    # budget (from the request); after it: the gap allowed between chunks.
+                    # budget (from the request); after it: the gap allowed between reads.
                     wait = self.token_timeout if answered else max(0.0, first_deadline - loop.time())
+                    last = False
                     try:
                         async with asyncio.timeout(wait):
-                            chunk = await anext(chunks)
+                            data = await anext(reads)
                     except StopAsyncIteration:
-                        break
-                    except StreamCutShort:
-                        if finish_reason:
-                            break  # the reply was whole; only the end marker is missing
-                        raise
+                        data, last = b"", True
                     except TimeoutError:
                         what = "the next token" if answered else "the first token"
                         raise LLMError("llm_unavailable", f"The model service took too long to send {what}.") from None
-                    x_groq = chunk.get("x_groq")
-                    if isinstance(x_groq, dict):
-                        request_id = x_groq.get("id") or request_id
-                        if isinstance(x_groq.get("usage"), dict):
-                            usage = _usage_from(x_groq["usage"])
-                    choices = chunk.get("choices")
-                    if not choices:
-                        continue
-                    choice = choices[0]
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        answered = True
-                        yield TextDelta(delta["content"])
-                    for call_delta in delta.get("tool_calls") or ():
-                        answered = True
-                        merger.add(call_delta)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
+                    for chunk in decoder.feed(data, last=last):
+                        x_groq = chunk.get("x_groq")
+                        if isinstance(x_groq, dict):
+                            request_id = x_groq.get("id") or request_id
+                            if isinstance(x_groq.get("usage"), dict):
+                                usage = _usage_from(x_groq["usage"])
+                        choices = chunk.get("choices")
+                        if not choices:
+                            continue
+                        choice = choices[0]
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            answered = True
+                            yield TextDelta(delta["content"])
+                        for call_delta in delta.get("tool_calls") or ():
+                            answered = True
+                            merger.add(call_delta)
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+                    if last:
+                        break
+                if not finish_reason:
+                    decoder.end()  # a reply that was whole is only missing its end marker
         except (groq.APIError, httpx.HTTPError) as exc:
             raise _error_from(exc) from exc
         except (StreamErrorEvent, ValueError) as exc:
