@@ -97,9 +97,6 @@ def _failed_generation(exc: groq.BadRequestError) -> str | None:
     return None
 
 
-# Building a client costs ~20 ms of CPU (its SSL context), which would stall
-# every socket of the process on each turn: keep one per event loop and
-# settings. Clients hold connections bound to their loop, hence the key.
 # The SDK's chat.completions.create posts here. It first walks the whole request
 # (every message of the history) through the SDK's type-driven transform, which
 # has nothing to change in these plain JSON dicts and cost ~1 ms of CPU per turn
@@ -107,6 +104,9 @@ def _failed_generation(exc: groq.BadRequestError) -> str | None:
 # its auth, retries, timeouts and errors. Its raw response is read as it streams.
 CHAT_PATH = "/openai/v1/chat/completions"
 
+# Building a client costs ~20 ms of CPU (its SSL context), which would stall
+# every socket of the process on each turn: keep one per event loop and
+# settings. Clients hold connections bound to their loop, hence the key.
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, groq.AsyncGroq]]" = (
     weakref.WeakKeyDictionary()
 )
