@@ -235,7 +235,9 @@ class GroqChatModel:
                     if last:
                         break
                 if not finish_reason:
-                    decoder.end()  # a reply that was whole is only missing its end marker
+                    # A body that ended without [DONE] was cut short, unless the reply was
+                    # whole (it has its finish reason): then only the end marker is missing.
+                    decoder.end()
         except (groq.APIError, httpx.HTTPError) as exc:
             raise _error_from(exc) from exc
         except (StreamErrorEvent, ValueError) as exc:
