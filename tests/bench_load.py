@@ -51,6 +51,7 @@ ARTIFACTS = REPO / "test-artifacts"
 BENCH_DATABASE = "bench_load"
 # A log line's time stamps, ids and ports, masked so that the same line about two sessions counts once.
 LOG_VARIABLE = re.compile(r"^[\d-]+ [\d:,]+ |\[[^]]*\] |(?<=anon:)\w+|[0-9a-f]{8}-[0-9a-f-]{27}|(?<=port )\d+")
+SAVEPOINT_NAME = re.compile(r'"s\d+_x\d+"')
 FOREIGN_KEY_CHECK = re.compile(r"SELECT 1 FROM ONLY .* FOR KEY SHARE OF x$", re.DOTALL)
 LOG_MARKS = ("Traceback", "ERROR", "WARNING", "Error", "timed out", "Timeout", "Killed")
 
@@ -286,6 +287,19 @@ def statements_by_kind(statements: Counter, count: int) -> str:
     return ", ".join(f"{kind} {calls / count:.1f}" for kind, calls in kinds.most_common())
 
 
+def statements_list(statements: Counter, count: int) -> None:
+    """Print each statement with its calls per handshake or per turn, the most frequent first.
+
+    Django names each savepoint anew, and pg_stat_statements keeps utility
+    statements as sent: they are counted together here.
+    """
+    shown: Counter = Counter()
+    for query, calls in statements.items():
+        shown[SAVEPOINT_NAME.sub('"…"', " ".join(query.split()))] += calls
+    for query, calls in shown.most_common():
+        print(f"  {calls / count:6.2f}  {query[:150]}")
+
+
 def healthz(base_url: str) -> str:
     """GET /healthz; return its status, time and failed checks."""
     started = time.monotonic()
@@ -337,6 +351,8 @@ def handshakes_measure(options, fleets: Fleets, daphne: "Daphnes", database: Dat
         f"{(connections - connections_before) / options.sockets:.2f} new DB connections; "
         f"{recorded - 1} chat sessions recorded",  # less the warm-up's
     )
+    if options.statements:
+        statements_list(statements, options.sockets)
     say("/healthz", f"{healthz(url)} with {len(accepted)} sockets open; {database.backends()}")
     return len(accepted)
 
@@ -372,8 +388,7 @@ def turns_measure(options, fleets: Fleets, daphne: "Daphnes", database: Database
         f"{checks / turns:.1f} foreign-key checks by PostgreSQL [pg_stat_statements]",
     )
     if options.statements:
-        for query, calls in statements.most_common():
-            print(f"  {calls / turns:6.2f}  {' '.join(query.split())[:150]}")
+        statements_list(statements, turns)
     say(
         "DB connections/turn",
         f"{(connections - connections_before) / turns:.2f} new [pg_stat_database.sessions]",
@@ -429,7 +444,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--idle", type=float, default=0, help="seconds the sockets then stay idle before a ping")
     parser.add_argument("--timeout", type=float, default=120, help="client-side limit on a handshake or a turn")
-    parser.add_argument("--statements", action="store_true", help="list each statement of the turn phase")
+    parser.add_argument(
+        "--statements", action="store_true", help="list each statement of the handshake and the turn phase"
+    )
     parser.add_argument("--no-cookie", dest="cookie", action="store_false", help="connect without a session cookie")
     parser.add_argument("--processes", type=int, default=1, help="daphne processes on one socket (llmbacker.serve)")
     options = parser.parse_args()
