@@ -2,8 +2,11 @@
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -11,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
+# How long a command waits for a free connection when the pool is at its size, before raising.
+POOL_WAIT_SECONDS = 10.0
 
 
 class RedisChannelLayer(BaseRedisChannelLayer):
@@ -26,6 +31,32 @@ class RedisChannelLayer(BaseRedisChannelLayer):
 
     # Set while Redis is away, so an outage is logged once, not once per socket.
     receive_failing = False
+
+    def create_pool(self, index: int) -> Any:
+        """Return a pool that, at its size, waits for a free connection rather than raising.
+
+        channels-redis's pool raises MaxConnectionsError once its size is
+        reached (a burst of closing sockets did that), and below its size
+        opens a new connection for every command that finds none free: under
+        a burst of handshakes that was hundreds of new connections, each a
+        TCP connect and a CLIENT SETINFO. `max_connections` in the host's
+        settings is the size.
+        """
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)
+        return BlockingConnectionPool.from_url(host.pop("address"), timeout=POOL_WAIT_SECONDS, **host)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add the channel to the group in one round trip (channels-redis sends its two commands one by one)."""
+        assert self.require_valid_group_name(group), "Group name not valid"  # noqa: S101
+        assert self.require_valid_channel_name(channel), "Channel name not valid"  # noqa: S101
+        group_key = self._group_key(group)
+        connection = self.connection(self.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zadd(group_key, {channel: time.time()})
+            pipe.expire(group_key, self.group_expiry)
+            await pipe.execute()
 
     async def receive(self, channel: str) -> dict:
         """Return the next message on the channel, waiting out Redis outages."""

@@ -74,13 +74,15 @@ def _limiters_build(*, url: str) -> _Limiters:
     pool = None
     if url:
         # A pool of its own: no retries with back-off (a failure fails open at once) and a short timeout.
-        # Sized like the channel layer's: redis-py's default of 100 ran out on a
+        # Sized like the channel layer's, and like it waiting for a free connection when all are
+        # taken (briefly: then the limit fails open): redis-py's plain pool raised at once on a
         # burst of messages, and every limit then failed open.
-        pool = redis.asyncio.ConnectionPool.from_url(
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_TIMEOUT_SECONDS,
         )
         # The URI only picks redis-py over coredis and valkey here; the pool carries the address.
         uri = "async+redis+unix" + url.removeprefix("unix") if url.startswith("unix:") else "async+" + url

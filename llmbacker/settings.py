@@ -143,11 +143,13 @@ LOGIN_URL = "/admin/login/"
 # --- Redis: channel layer and Celery broker --------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 
-# Connections to Redis one process's channel layer may open at once. redis-py's
-# default of 100 ran out on a burst of closing sockets (MaxConnectionsError).
-# The layer and the limits each have a pool this size: keep processes x 2 x this
-# under Redis's maxclients (10,000 by default).
-REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=1000)
+# Connections to Redis one process's channel layer may open at once; the limits
+# have a pool of their own this size. At the size a command waits for a free
+# connection (a plain pool raised MaxConnectionsError on a burst of closing
+# sockets; a larger one opened hundreds of connections on a burst of handshakes,
+# each a connect and a CLIENT SETINFO). Keep processes x 2 x this under Redis's
+# maxclients (10,000 by default).
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=100)
 
 CHANNEL_CAPACITY = 1000
 
