@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
 # How long a command waits for a free connection when the pool is at its size, before raising.
-POOL_WAIT_SECONDS = 10.0
+# Under the 5 s the consumers give a group call (LAYER_TIMEOUT_SECONDS), so a pool that stays
+# full fails with the pool's own error rather than a cancel in the middle of the wait.
+POOL_WAIT_SECONDS = 4.0
 
 
 class RedisChannelLayer(BaseRedisChannelLayer):
@@ -45,7 +47,8 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         host = dict(self.hosts[index])
         if "address" not in host:
             return super().create_pool(index)
-        return BlockingConnectionPool.from_url(host.pop("address"), timeout=POOL_WAIT_SECONDS, **host)
+        host.setdefault("timeout", POOL_WAIT_SECONDS)
+        return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add the channel to the group in one round trip (channels-redis sends its two commands one by one)."""

@@ -45,6 +45,10 @@ def service_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+# How long the database must go without work from other connections before a test's flush.
+QUIET_SECONDS = 0.3
+
+
 @pytest.fixture(autouse=True)
 def database_quiet_before_flush(request) -> Iterator[None]:
     """Before pytest-django empties the database, wait for other connections to finish their work.
@@ -55,7 +59,11 @@ def database_quiet_before_flush(request) -> Iterator[None]:
     thread by a cancelled coroutine) can deadlock with it, and PostgreSQL
     then aborts the TRUNCATE. Being autouse and defined here, this fixture is
     set up after pytest-django's database fixture, so it is torn down before
-    the flush. Whatever is still busy after the wait is reported.
+    the flush. The database must stay quiet for QUIET_SECONDS in a row: a
+    socket the test has just closed is let go by daphne a moment later, and
+    a single look found the database quiet just before that (the TRUNCATE
+    then deadlocked with the socket's leave). Whatever is still busy after
+    the wait is reported.
     """
     yield
     marker = request.node.get_closest_marker("django_db")
@@ -69,14 +77,21 @@ def database_quiet_before_flush(request) -> Iterator[None]:
         " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
     )
     deadline = time.monotonic() + 20
+    quiet_since = None
     while True:
         with connection.cursor() as cursor:
             cursor.execute(sql)
             busy = cursor.fetchall()
-        if not busy:
+        now = time.monotonic()
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= QUIET_SECONDS:
             return
-        if time.monotonic() > deadline:
-            warnings.warn(f"other connections still busy before the flush: {busy}", stacklevel=1)
+        if now > deadline:
+            if busy:
+                warnings.warn(f"other connections still busy before the flush: {busy}", stacklevel=1)
             return
         time.sleep(0.05)
 
