@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID, uuid4
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import Error as DatabaseError
@@ -85,7 +86,28 @@ def after_parse(query_string: bytes) -> int | None:
     return after if after >= 0 else None
 
 
-class SessionConsumer(AsyncWebsocketConsumer):
+class ConnectionKeepingConsumer(AsyncWebsocketConsumer):
+    """A WebSocket consumer that leaves the database thread's connection alone between messages.
+
+    Channels (4.2+) runs Django's `close_old_connections` on the shared
+    database thread before every message a consumer handles: each frame
+    from the browser and each channel-layer message (a frame of a turn
+    followed from another process). With `CONN_MAX_AGE` 0 that handed the
+    thread's connection back to the pool every time, to be borrowed again
+    by the next call, and every message waited its turn on that thread.
+    The thread's connection is checked before each call instead (see
+    `chat.database`).
+    """
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Run the message's handler (Channels' dispatch, less `aclose_old_connections`)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+class SessionConsumer(ConnectionKeepingConsumer):
     """One socket of a chat session: `/ws/session/<uuid>/[?after=<frame_seq>]`.
 
     The turns it starts run for the session, not for the socket (see
@@ -525,7 +547,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.emit({"type": "error", "code": code, "message": message})
 
 
-class SessionWatchConsumer(AsyncWebsocketConsumer):
+class SessionWatchConsumer(ConnectionKeepingConsumer):
     """Staff watch a session's replies live: `/ws/admin/sessions/<uuid>/watch/`, read-only."""
 
     session_id: UUID | None = None
