@@ -255,8 +255,8 @@ def _session_change(*, session_id: UUID, changes: SessionChanges) -> int | None:
 
     One raw statement (UPDATE ... RETURNING): every event goes through here,
     and the ORM's update and the read of next_seq that followed it cost
-    ~0.8 ms of CPU per event in the load bench, several times the
-    statements themselves. The UPDATE takes the row's write lock, so
+    ~0.8 ms of CPU per event in isolation, several times the statements
+    themselves. The UPDATE takes the row's write lock, so
     concurrent writers queue behind it. PostgreSQL and SQLite (3.35+) both
     take it.
     """
@@ -395,28 +395,27 @@ def _free_claim(*, session_id: UUID, lease_id: UUID, owner: str, now: datetime) 
     PostgreSQL and SQLite (3.35+) both take it.
     """
     session_fields, lease_fields = ChatSession._meta, SocketLease._meta
-    column, value = _column, _db_value
     sessions, leases = (
         connection.ops.quote_name(session_fields.db_table),
         connection.ops.quote_name(lease_fields.db_table),
     )
     sql = (
-        f"UPDATE {sessions} SET {column(session_fields, 'turn_started_at')} = %s, "
-        f"{column(session_fields, 'turn_lease')} = %s, {column(session_fields, 'turn_owner')} = %s "
-        f"WHERE {column(session_fields, 'id')} = %s AND {column(session_fields, 'deleted_at')} IS NULL "
-        f"AND {column(session_fields, 'turn_started_at')} IS NULL "
-        f"RETURNING {column(session_fields, 'frame_seq')}, EXISTS (SELECT 1 FROM {leases} "
-        f"WHERE {column(lease_fields, 'session')} = %s AND {column(lease_fields, 'expires_at')} > %s "
-        f"AND {column(lease_fields, 'id')} <> %s)"
+        f"UPDATE {sessions} SET {_column(session_fields, 'turn_started_at')} = %s, "
+        f"{_column(session_fields, 'turn_lease')} = %s, {_column(session_fields, 'turn_owner')} = %s "
+        f"WHERE {_column(session_fields, 'id')} = %s AND {_column(session_fields, 'deleted_at')} IS NULL "
+        f"AND {_column(session_fields, 'turn_started_at')} IS NULL "
+        f"RETURNING {_column(session_fields, 'frame_seq')}, EXISTS (SELECT 1 FROM {leases} "
+        f"WHERE {_column(lease_fields, 'session')} = %s AND {_column(lease_fields, 'expires_at')} > %s "
+        f"AND {_column(lease_fields, 'id')} <> %s)"
     )
-    session_value, lease_value = value(session_fields, "id", session_id), value(lease_fields, "id", lease_id)
+    session_value, lease_value = _db_value(session_fields, "id", session_id), _db_value(lease_fields, "id", lease_id)
     params = [
-        value(session_fields, "turn_started_at", now),
-        value(session_fields, "turn_lease", lease_id),
+        _db_value(session_fields, "turn_started_at", now),
+        _db_value(session_fields, "turn_lease", lease_id),
         owner,
         session_value,
         session_value,
-        value(lease_fields, "expires_at", now),
+        _db_value(lease_fields, "expires_at", now),
         lease_value,
     ]
     with connection.cursor() as cursor:
