@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from chat.llm import LLMError
 
-from . import services
+from . import metrics, services
 from .models import ReportKind
 from .reports import report_build
 from .summaries import SummaryInvalid, summary_generate
@@ -25,13 +25,21 @@ SUMMARY_MAX_RETRIES = 5
 def session_summarize(self, session_id: str) -> bool:
     """Write the session's summary; retry with backoff when the model fails, then mark it failed."""
     try:
-        return summary_generate(session_id=session_id)
+        stored = summary_generate(session_id=session_id)
     except (LLMError, SummaryInvalid) as exc:
         if self.request.retries >= self.max_retries:
             logger.warning("summary of session %s failed for good: %s", session_id, exc)
             services.summary_mark_failed(session_id=session_id, error=str(exc))
+            metrics.summary_task_ended("failed")
             return False
+        metrics.summary_task_ended("retried")
         raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
+    except Exception:
+        # The database or a bug: Celery logs it; the sweep queues the summary again.
+        metrics.summary_task_ended("error")
+        raise
+    metrics.summary_task_ended("written" if stored else "skipped")
+    return stored
 
 
 @shared_task

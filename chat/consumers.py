@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import Error as DatabaseError
 
-from audit import selectors
+from audit import metrics, selectors
 from audit.models import ChatSession
 
 from . import limits, services
@@ -135,6 +135,8 @@ class SessionConsumer(ConnectionKeepingConsumer):
     _heard_at: float = 0.0  # when the process running the followed turn was last heard from
     _refollowed_at: float = 0.0
     _leaving: asyncio.Task | None = None
+    # Whether this socket is in the open-sockets metric.
+    _counted: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -159,6 +161,8 @@ class SessionConsumer(ConnectionKeepingConsumer):
         and the socket's lease) is one call on the database thread.
         """
         await self.accept()
+        metrics.socket_opened()
+        self._counted = True
         session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
         after = after_parse(self.scope.get("query_string", b""))
         lease_id = uuid4()
@@ -415,6 +419,7 @@ class SessionConsumer(ConnectionKeepingConsumer):
         refusal = await limits.message_allow(visitor=self.visitor, address=self.address)
         refusal = refusal or await limits.token_budget_check(visitor=self.visitor)
         if refusal is not None:
+            metrics.error_sent(refusal.code)
             await self.emit(
                 {"type": "error", "code": refusal.code, "message": refusal.message, "retry_after": refusal.retry_after}
             )
@@ -487,6 +492,9 @@ class SessionConsumer(ConnectionKeepingConsumer):
         that turn has ended: the turn's claim is held under it.
         """
         self._watchdog_cancel()
+        if self._counted:
+            self._counted = False
+            metrics.socket_closed()
         if self.grouped:
             sid = self.session_id or UUID(self.scope["url_route"]["kwargs"]["session_id"])
             try:
@@ -544,6 +552,7 @@ class SessionConsumer(ConnectionKeepingConsumer):
 
     async def error(self, code: str, message: str) -> None:
         """Send an error frame."""
+        metrics.error_sent(code)
         await self.emit({"type": "error", "code": code, "message": message})
 
 

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from django.conf import settings
 
-from audit import selectors
+from audit import metrics, selectors
 from audit import services as audit_services
 from audit.models import EventType
 
@@ -33,7 +33,7 @@ from .memory import earlier_extend
 from .retry import database_retry
 from .strategy import strategy_choose
 from .tools import ToolContext, tool_run, tools_enabled
-from .tools.registry import ToolOutcome, arguments_parse
+from .tools.registry import ToolOutcome, arguments_parse, tool_get
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ async def _tools_round(
         )
     outcomes = await asyncio.gather(*(tool_run(name=c.name, arguments=c.arguments, context=context) for c in calls))
     for call, outcome in zip(calls, outcomes, strict=True):
+        # A name the model made up is counted as "unknown", so the metric's labels stay few.
+        metrics.tool_called(tool=call.name if tool_get(call.name) else "unknown", ok=outcome.ok)
         await emit(_tool_result_frame(call, outcome))
         await _event_record_whole(
             session_id=context.session_id,
@@ -374,6 +376,7 @@ async def turn_run(
     """
     if turn is not None:
         turn.started = True
+    metrics.turn_started()
     reply = Reply(turn_id=uuid.uuid4().hex)
     model = chat_model_get()
     outcome: dict[str, Any] = {"stopped": False, "stop_reason": None}
@@ -426,6 +429,15 @@ async def turn_run(
     # client may send its next message the moment it reads `done`.
     if turn is not None:
         turn.answered = True
+    answered_by = reply.strategy.get("model", model.model)
+    metrics.turn_finished(
+        outcome="stopped" if outcome["stopped"] else "error" if "error_code" in outcome else "done",
+        model=answered_by,
+        first_token_seconds_=reply.ttft_ms / 1000 if reply.ttft_ms is not None else None,
+        seconds=reply.elapsed_ms() / 1000,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+    )
     await emit(
         {
             "type": "done",
@@ -433,7 +445,7 @@ async def turn_run(
             "usage": reply.usage(),
             "ttft_ms": reply.ttft_ms,
             "duration_ms": reply.elapsed_ms(),
-            "model": reply.strategy.get("model", model.model),
+            "model": answered_by,
         }
     )
     if visitor:
@@ -454,6 +466,7 @@ async def _turn_finish(
 ) -> None:
     """Send the error frame and record the reply (and the error)."""
     if error is not None:
+        metrics.error_sent(error.code)
         frame = {"type": "error", "code": error.code, "message": error.message}
         if error.retry_after is not None:
             frame["retry_after"] = error.retry_after
@@ -481,4 +494,5 @@ async def _turn_finish(
             sum(len(part) for part in reply.parts),
         )
         if error is None:
+            metrics.error_sent("internal")
             await emit({"type": "error", "code": "internal", "message": "The reply could not be saved."})

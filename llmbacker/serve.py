@@ -11,7 +11,9 @@ README, "Replies that outlive the socket"). Several processes need a shared
 channel layer, so without REDIS_URL only one is started.
 
 A process that exits is started again (after a second); SIGTERM or SIGINT
-stops them all, and a launcher that is killed takes them with it. Arguments after `--` go to every daphne unchanged.
+stops them all, and a launcher that is killed takes them with it. With
+PROMETHEUS_MULTIPROC_DIR set, the live gauges (open sockets) of earlier runs
+are cleared at start and a process's are dropped when it exits. Arguments after `--` go to every daphne unchanged.
 """
 
 import argparse
@@ -48,6 +50,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def live_gauges_drop(pid: int | str = "*") -> None:
+    """Remove the live gauges' files of process `pid` (all of them: "*") from PROMETHEUS_MULTIPROC_DIR."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)
+
+
 def daphne(fd: int, extra: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *extra, "llmbacker.asgi:application"]
     # preexec_fn: the launcher runs no thread of its own.
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print("llmbacker.serve: REDIS_URL is not set; one process only (the in-memory layer is per process)")
         processes = 1
     sock = listening_socket(options.bind, options.port)
+    live_gauges_drop()
     children = [daphne(sock.fileno(), options.extra) for _ in range(processes)]
     print(f"llmbacker.serve: {processes} daphne process(es) on http://{options.bind}:{options.port}", flush=True)
     stopping = False
@@ -83,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, child in enumerate(children):
             if child.poll() is not None and not stopping:
                 print(f"llmbacker.serve: daphne {child.pid} exited with {child.returncode}; starting another")
+                live_gauges_drop(child.pid)
                 time.sleep(RESTART_DELAY_SECONDS)
                 children[index] = daphne(sock.fileno(), options.extra)
     for child in children:
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
+        live_gauges_drop(child.pid)
     return 0
 
 

@@ -34,8 +34,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # HTTPS=false serves plain HTTP with DEBUG off (a trial with no TLS in front).
 HTTPS = env.bool("HTTPS", default=not DEBUG)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
-# Load balancers and container probes ask for /healthz over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^healthz/?$"]
+# Load balancers and container probes ask for /healthz, and Prometheus for /metrics, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^metrics/?$"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
@@ -274,6 +274,13 @@ CHAT_RESUME_GRACE_SECONDS = env.float("CHAT_RESUME_GRACE_SECONDS", default=60.0)
 # A socket following a reply that runs in another process and hearing nothing from it for this
 # long asks again: frames lost on the way are sent again, and a process that died is noticed.
 CHAT_FOLLOW_SILENCE_SECONDS = env.float("CHAT_FOLLOW_SILENCE_SECONDS", default=20.0)
+
+# --- Operations: /metrics (audit/metrics.py) --------------------------------
+# Served when enabled and either a bearer token is set or DEBUG is on: in
+# production without a token it is off (404). PROMETHEUS_MULTIPROC_DIR (read by
+# prometheus-client itself) adds up several processes' figures.
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # One handler, on the root logger: daphne's own logging setup then adds none
 # (every line was printed twice), and Celery's worker replaces it with its own.

@@ -394,6 +394,42 @@ def daphne_server(django_db_setup, fake_groq_server: FakeGroq) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture
+def worker_start(fake_groq):
+    """Start `celery -A llmbacker worker` on the tests' queue; tasks go to it, not run here.
+
+    `start(pool, **env)`: the pool of choice, and extra environment for the worker.
+    """
+    if not on_redis():
+        service_missing("REDIS_URL is not set: a real worker needs Redis as its broker")
+    from llmbacker.celery import app as celery_app
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    started: list[tuple[subprocess.Popen, object]] = []
+
+    def start(pool: str = "solo", **env: str) -> subprocess.Popen:
+        log = open(ARTIFACTS / "celery-worker.log", "wb")  # noqa: SIM115 (closed below)
+        command = [
+            sys.executable, "-m", "celery", "-A", "llmbacker", "worker",
+            f"--pool={pool}", "--concurrency=1", f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}", "--loglevel=INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        worker = subprocess.Popen(
+            command, cwd=REPO, env=subprocess_env(groq_url=fake_groq.url, **env), stdout=log, stderr=subprocess.STDOUT
+        )
+        started.append((worker, log))
+        return worker
+
+    celery_app.conf.task_always_eager = False
+    try:
+        yield start
+    finally:
+        celery_app.conf.task_always_eager = True
+        for worker, log in started:
+            process_stop(worker, timeout=15)
+            log.close()
+
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

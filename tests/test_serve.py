@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.request import urlopen
 
 import psutil
 import pytest
@@ -53,22 +54,26 @@ def one_turn(port: int, cookie: str) -> str:
         return text
 
 
-def test_several_daphne_processes_share_the_port_and_one_that_dies_is_replaced(fake_groq_server):
+def test_several_daphne_processes_share_the_port_and_one_that_dies_is_replaced(fake_groq_server, tmp_path):
     if not on_redis():
         service_missing("several processes need the Redis channel layer")
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
+    # A live gauge left by an earlier run is cleared at start.
+    stale = tmp_path / "gauge_livesum_999999.db"
+    stale.write_bytes(b"")
     with open(ARTIFACTS / "serve.log", "ab") as log:
         serve = subprocess.Popen(
             [sys.executable, "-m", "llmbacker.serve", "-p", str(port), "--processes", "2"],
             cwd=REPO,
-            env=subprocess_env(groq_url=fake_groq_server.url),
+            env=subprocess_env(groq_url=fake_groq_server.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
             port_wait(port, serve)
             daphnes_wait(serve, 2)
+            assert not stale.exists()
             cookie = visitor_cookie(f"http://127.0.0.1:{port}")
             assert one_turn(port, cookie) == "You said: hello"
             victim = daphnes_of(serve)[0]
@@ -77,9 +82,15 @@ def test_several_daphne_processes_share_the_port_and_one_that_dies_is_replaced(f
             while victim.pid in [p.pid for p in daphnes_of(serve)] or len(daphnes_of(serve)) < 2:
                 assert time.monotonic() < deadline, "the dead daphne was not replaced"
                 time.sleep(0.2)
+            assert not (tmp_path / f"gauge_livesum_{victim.pid}.db").exists()
             # Every connection is served, whichever process takes it.
             for _ in range(4):
                 assert one_turn(port, cookie) == "You said: hello"
+            # /metrics adds up every process's figures, the dead one's turns included.
+            with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310 (local)
+                figures = response.read().decode()
+            assert "llmbacker_turns_started_total 5.0" in figures.splitlines()
+            assert "llmbacker_sockets_open 0.0" in figures.splitlines()
             children = daphnes_of(serve)
             serve.send_signal(signal.SIGTERM)
             assert serve.wait(timeout=20) == 0

@@ -2,51 +2,16 @@
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 
 import pytest
-from django.conf import settings
 
 from audit.models import Summary, SummaryStatus
-from llmbacker.celery import app as celery_app
 
-from .conftest import ARTIFACTS, REPO, ChatClient, on_redis, process_stop, service_missing, subprocess_env
+from .conftest import ARTIFACTS, ChatClient
 from .fake_groq import text_reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def worker_start(fake_groq):
-    """Start `celery -A llmbacker worker` on the tests' queue (pool of choice); tasks go to it, not run here."""
-    if not on_redis():
-        service_missing("REDIS_URL is not set: a real worker needs Redis as its broker")
-    ARTIFACTS.mkdir(exist_ok=True)
-    started: list[tuple[subprocess.Popen, object]] = []
-
-    def start(pool: str = "solo") -> subprocess.Popen:
-        log = open(ARTIFACTS / "celery-worker.log", "wb")  # noqa: SIM115 (closed below)
-        command = [
-            sys.executable, "-m", "celery", "-A", "llmbacker", "worker",
-            f"--pool={pool}", "--concurrency=1", f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}", "--loglevel=INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]  # fmt: skip
-        worker = subprocess.Popen(
-            command, cwd=REPO, env=subprocess_env(groq_url=fake_groq.url), stdout=log, stderr=subprocess.STDOUT
-        )
-        started.append((worker, log))
-        return worker
-
-    celery_app.conf.task_always_eager = False
-    try:
-        yield start
-    finally:
-        celery_app.conf.task_always_eager = True
-        for worker, log in started:
-            process_stop(worker, timeout=15)
-            log.close()
 
 
 @pytest.fixture
