@@ -3,10 +3,13 @@
 import csv
 import json
 from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, F, Sum
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -118,6 +121,7 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "duration_seconds",
         "turn_count",
         "tokens",
+        "cost_usd",
         "tool_call_count",
         "error_count",
     ]
@@ -161,8 +165,22 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "error_count",
         "prompt_tokens",
         "completion_tokens",
+        "cost_usd",
     ]
     readonly_fields = fields
+
+    def changelist_view(self, request, extra_context=None):
+        """Show what the listed sessions (as filtered: by user, by day...) add up to, above the list."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            response.context_data["totals"] = changelist.queryset.aggregate(
+                sessions=Count("id"),
+                turns=Coalesce(Sum("turn_count"), 0),
+                tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
+                cost_usd=Coalesce(Sum("cost_usd"), Decimal(0)),
+            )
+        return response
 
     def get_search_results(self, request, queryset, search_term):
         """Search message text, summaries and titles (full-text on PostgreSQL); an id or owner matches too."""

@@ -53,6 +53,7 @@ turn_seconds = Histogram(
 llm_tokens = Counter(
     "llmbacker_llm_tokens_total", "Model tokens, by model and direction (input, output).", ["model", "direction"]
 )
+llm_cost = Counter("llmbacker_llm_cost_usd_total", "What the replies cost in USD (LLM_PRICES), by model.", ["model"])
 tool_calls = Counter(
     "llmbacker_tool_calls_total", "Tool calls run, by tool and outcome (ok, error).", ["tool", "outcome"]
 )
@@ -94,8 +95,9 @@ def turn_finished(
     seconds: float,
     prompt_tokens: int,
     completion_tokens: int,
+    cost_usd: float | None = None,
 ) -> None:
-    """Count a turn ended, its latencies and its tokens."""
+    """Count a turn ended, its latencies, its tokens and its cost."""
 
     def count() -> None:
         turns_finished.labels(outcome).inc()
@@ -106,6 +108,8 @@ def turn_finished(
             llm_tokens.labels(model, "input").inc(prompt_tokens)
         if completion_tokens:
             llm_tokens.labels(model, "output").inc(completion_tokens)
+        if cost_usd:
+            llm_cost.labels(model).inc(cost_usd)
 
     _safely(count)
 

@@ -69,6 +69,9 @@ class ChatSession(models.Model):
     error_count = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(
+        "cost (USD)", max_digits=16, decimal_places=8, default=0, help_text="what the replies cost (LLM_PRICES)"
+    )
 
     class Meta:
         ordering = ["-started_at"]

@@ -1,12 +1,14 @@
 """Reports: figures over a period, from aggregate queries (never a loop over sessions)."""
 
+import hashlib
 import statistics
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, DecimalField, Q, QuerySet, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, TruncDate
 
 from .models import ChatSession, Event, EventType, Report, Summary
 
@@ -21,6 +23,41 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
         return {"p50": values[0], "p95": values[0], "p99": values[0]}
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": round(cuts[49], 3), "p95": round(cuts[94], 3), "p99": round(cuts[98], 3)}
+
+
+TOP_SPENDERS = 20
+_COST = Cast(KT("data__cost_usd"), DecimalField(max_digits=16, decimal_places=8))
+
+
+def _usd(value: Any) -> float:
+    return round(float(value or 0), 8)
+
+
+def _spender(username: str | None, anon_key: str) -> str:
+    """Name who spent: the user, or an anonymous visitor by a hash of their key (the key itself signs them in)."""
+    if username:
+        return username
+    return "anonymous " + hashlib.sha256(anon_key.encode()).hexdigest()[:10]
+
+
+def cost_figures(replies: QuerySet[Event]) -> dict[str, Any]:
+    """Return what the replies cost: in all, by model, by day (UTC) and by the visitors who spent most."""
+    # The key present and not JSON null (SQLite casts a null to 0, PostgreSQL to NULL).
+    priced = replies.filter(data__cost_usd__isnull=False).exclude(data__cost_usd=None).annotate(cost=_COST)
+    by_model = list(priced.values("data__model").annotate(total=Sum("cost")).order_by("-total"))
+    by_day = priced.annotate(day=TruncDate("created_at")).values("day").annotate(total=Sum("cost")).order_by("day")
+    by_visitor = (
+        priced.values("session__user__username", "session__anon_key").annotate(total=Sum("cost")).order_by("-total")
+    )
+    return {
+        "cost_usd": _usd(sum(row["total"] for row in by_model)),
+        "cost_by_model": {row["data__model"] or "unknown": _usd(row["total"]) for row in by_model},
+        "cost_by_day": {row["day"].isoformat(): _usd(row["total"]) for row in by_day},
+        "cost_by_visitor": {
+            _spender(row["session__user__username"], row["session__anon_key"]): _usd(row["total"])
+            for row in by_visitor[:TOP_SPENDERS]
+        },
+    }
 
 
 def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
@@ -71,6 +108,7 @@ def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
         "duration_seconds": percentiles(durations),
         "ttft_ms": percentiles(ttfts),
         "tokens_by_model": tokens_by_model,
+        **cost_figures(events.filter(type=EventType.ASSISTANT_MESSAGE)),
         "tools": tools,
         "errors_by_code": errors_by_code,
         "top_topics": [{"topic": topic, "sessions": count} for topic, count in topics.most_common(TOP_TOPICS)],

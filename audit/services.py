@@ -3,6 +3,7 @@
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -246,7 +247,7 @@ class SessionChanges:
     """What an event changes on its session's row: columns set, columns incremented, columns set only when empty."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    steps: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int | Decimal] = field(default_factory=dict)
     if_blank: dict[str, str] = field(default_factory=dict)
 
 
@@ -267,7 +268,7 @@ def _session_change(*, session_id: UUID, changes: SessionChanges) -> int | None:
         params.append(_db_value(meta, name, value))
     for name, step in changes.steps.items():
         sets.append(f"{_column(meta, name)} = {_column(meta, name)} + %s")
-        params.append(step)
+        params.append(_db_value(meta, name, step) if isinstance(step, Decimal) else step)
     for name, value in changes.if_blank.items():
         column = _column(meta, name)
         sets.append(f"{column} = CASE WHEN {column} = '' THEN %s ELSE {column} END")
@@ -326,6 +327,8 @@ def event_record(
     for name in ("prompt_tokens", "completion_tokens"):
         if usage.get(name):
             changes.steps[name] = int(usage[name])
+    if data.get("cost_usd"):
+        changes.steps["cost_usd"] = Decimal(str(data["cost_usd"]))
     next_seq = _session_change(session_id=session_id, changes=changes)
     if next_seq is None:
         raise ChatSession.DoesNotExist(str(session_id))

@@ -39,6 +39,10 @@ def reply_figures(data: dict[str, Any]) -> str:
         parts.append(f"{data['duration_ms'] / 1000:.1f} s")
     if usage:
         parts.append(f"{usage.get('prompt_tokens', 0)} + {usage.get('completion_tokens', 0)} tokens")
+    if estimated := data.get("usage_estimated"):
+        parts.append(f"~{estimated.get('prompt_tokens', 0)} + {estimated.get('completion_tokens', 0)} estimated")
+    if data.get("cost_usd") is not None:
+        parts.append(f"${data['cost_usd']:.6f}")
     if data.get("rounds", 1) > 1:
         parts.append(f"{data['rounds']} rounds")
     if data.get("stopped"):

@@ -22,9 +22,10 @@ from django.conf import settings
 
 from audit import metrics, selectors
 from audit import services as audit_services
+from audit.costs import cost_usd
 from audit.models import EventType
 
-from .context import last_turn_used_tools, messages_build, tokens_estimate, window_cut
+from .context import CHARS_PER_TOKEN, last_turn_used_tools, messages_build, tokens_estimate, window_cut
 from .database import database_async
 from .limits import token_budget_charge
 from .llm import LLMError, TextDelta, ToolCall, Usage, chat_model_get
@@ -89,6 +90,10 @@ class Reply:
     ttft_ms: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Tokens of rounds that produced output but whose usage never came (a stop, a
+    # stream cut short): estimated, so that what they used is still charged.
+    estimated_prompt_tokens: int = 0
+    estimated_completion_tokens: int = 0
     rounds: int = 0
     finish_reason: str | None = None
     request_ids: list[str] = field(default_factory=list)
@@ -108,6 +113,29 @@ class Reply:
         self.completion_tokens += usage.completion_tokens
         for name, value in usage.timings.items():
             self.timings[name] = round(self.timings.get(name, 0.0) + value, 6)
+
+    def estimate_round(self, *, messages: list[dict[str, Any]], text: str, calls: list[ToolCall]) -> None:
+        """Charge a round whose usage never came, by estimate; a round that produced nothing is not charged."""
+        if not text and not calls:
+            return
+        produced = text + "".join(call.name + call.arguments for call in calls)
+        self.estimated_prompt_tokens += tokens_estimate(messages)
+        self.estimated_completion_tokens += (len(produced) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+    def cost(self, model: str) -> dict[str, Any]:
+        """Return the reply's cost (USD, by LLM_PRICES; None for a model with no price), and its estimated tokens."""
+        price = cost_usd(
+            model=model,
+            prompt_tokens=self.prompt_tokens + self.estimated_prompt_tokens,
+            completion_tokens=self.completion_tokens + self.estimated_completion_tokens,
+        )
+        figures: dict[str, Any] = {"cost_usd": float(price) if price is not None else None}
+        if self.estimated_prompt_tokens or self.estimated_completion_tokens:
+            figures["usage_estimated"] = {
+                "prompt_tokens": self.estimated_prompt_tokens,
+                "completion_tokens": self.estimated_completion_tokens,
+            }
+        return figures
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -238,19 +266,25 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
             temperature=strategy.temperature,
             max_tokens=strategy.max_tokens,
         )
-        async for item in stream:
-            if isinstance(item, TextDelta):
-                reply.add_text(item.text)
-                round_parts.append(item.text)
-                await emit({"type": "token", "content": item.text})
-            elif isinstance(item, ToolCall):
-                calls.append(item)
-            elif isinstance(item, Usage):
-                reply.add_usage(item)
-            elif isinstance(item, Finish):
-                reply.finish_reason = item.reason
-                if item.request_id:
-                    reply.request_ids.append(item.request_id)
+        usage_came = False
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    reply.add_text(item.text)
+                    round_parts.append(item.text)
+                    await emit({"type": "token", "content": item.text})
+                elif isinstance(item, ToolCall):
+                    calls.append(item)
+                elif isinstance(item, Usage):
+                    usage_came = True
+                    reply.add_usage(item)
+                elif isinstance(item, Finish):
+                    reply.finish_reason = item.reason
+                    if item.request_id:
+                        reply.request_ids.append(item.request_id)
+        finally:
+            if not usage_came:
+                reply.estimate_round(messages=messages, text="".join(round_parts), calls=calls)
         if not calls:
             return
         if not offered:
@@ -267,6 +301,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
 
     Retried while the database is away; a retry does not record it twice.
     """
+    answered_by = reply.strategy.get("model", model.model)
     await database_retry(
         event_record,
         what="record the reply",
@@ -276,7 +311,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
         content="".join(reply.parts),
         data={
             "turn_id": reply.turn_id,
-            "model": reply.strategy.get("model", model.model),
+            "model": answered_by,
             "llm_mode": model.mode,
             "strategy": reply.strategy,
             "context": reply.context,
@@ -289,6 +324,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
             "timings": reply.timings,
             "tools_offered": reply.tools_offered,
             "ignored_tool_calls": reply.ignored_tool_calls,
+            **reply.cost(answered_by),
             **outcome,
         },
     )
@@ -437,6 +473,7 @@ async def turn_run(
         seconds=reply.elapsed_ms() / 1000,
         prompt_tokens=reply.prompt_tokens,
         completion_tokens=reply.completion_tokens,
+        cost_usd=reply.cost(answered_by)["cost_usd"],
     )
     await emit(
         {

@@ -5,6 +5,7 @@ in-memory channel layer, Celery tasks run in process, the offline demo model.
 Every variable is listed in the README's configuration table.
 """
 
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -221,6 +222,36 @@ GROQ_STRUCTURED_OUTPUT_MODELS = env.list(
     ],
 )
 # A transcript longer than this is summarized in parts of this size, then combined.
+# USD per million tokens, "input/output", by model: what a reply is charged
+# (audit/costs.py). Defaults: Groq's list prices when written (check them);
+# LLM_PRICES adds or overrides entries, e.g. "my-model=0.2/0.6". A model not
+# listed is recorded with no cost.
+LLM_PRICES_DEFAULT = {
+    "llama-3.3-70b-versatile": "0.59/0.79",
+    "llama-3.1-8b-instant": "0.05/0.08",
+    "openai/gpt-oss-120b": "0.15/0.60",
+    "openai/gpt-oss-20b": "0.075/0.30",
+    "meta-llama/llama-4-maverick-17b-128e-instruct": "0.20/0.60",
+    "meta-llama/llama-4-scout-17b-16e-instruct": "0.11/0.34",
+    "moonshotai/kimi-k2-instruct-0905": "1.00/3.00",
+    "offline-demo": "0/0",
+}
+
+
+def _price(model: str, price: str) -> tuple[Decimal, Decimal]:
+    try:
+        prompt, completion = (Decimal(part) for part in price.split("/"))
+    except (ValueError, InvalidOperation):
+        raise ImproperlyConfigured(f"LLM_PRICES: {model}={price!r} is not 'input/output' USD per million") from None
+    if prompt < 0 or completion < 0:
+        raise ImproperlyConfigured(f"LLM_PRICES: {model}={price!r} has a negative price")
+    return prompt, completion
+
+
+LLM_PRICES = {
+    model: _price(model, price) for model, price in {**LLM_PRICES_DEFAULT, **env.dict("LLM_PRICES", default={})}.items()
+}
+
 CHAT_SUMMARY_PART_CHARS = env.int("CHAT_SUMMARY_PART_CHARS", default=24_000)
 GROQ_MAX_RETRIES = env.int("GROQ_MAX_RETRIES", default=1)
 GROQ_TIMEOUT_SECONDS = env.float("GROQ_TIMEOUT_SECONDS", default=30.0)

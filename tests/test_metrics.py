@@ -12,6 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from audit.costs import cost_usd
+
 from .conftest import ARTIFACTS, daphne_start, free_port, on_redis, process_stop, subprocess_env, visitor_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -113,6 +115,9 @@ def test_the_figures_follow_a_turn_and_the_summary_task(metrics_stack):
         == (done["usage"]["completion_tokens"])
     )
     assert done["usage"]["prompt_tokens"] > 0
+    charged = cost_usd(model=model, **done["usage"])
+    assert charged
+    assert sample(text, "llmbacker_llm_cost_usd_total", model=model) == pytest.approx(float(charged))
     assert sample(text, "llmbacker_tool_calls_total", tool="current_time", outcome="ok") == 1
     assert sample(text, "llmbacker_errors_total", code="invalid_json") == 1
 

@@ -1,6 +1,7 @@
 """Reports: figures checked against hand-computed ones on a known data set."""
 
 import csv
+import hashlib
 import io
 import json
 import uuid
@@ -19,6 +20,8 @@ from audit.tasks import report_daily
 pytestmark = pytest.mark.django_db(transaction=True)
 
 DAY = datetime(2026, 1, 10, tzinfo=UTC)
+# Anonymous visitors are named in the cost figures by a hash of their key (the key signs them in).
+VISITOR_1_HASH = hashlib.sha256(b"visitor-1").hexdigest()[:10]
 
 
 def session_at(started: datetime, *, model: str, user=None, anon_key: str = "") -> ChatSession:
@@ -45,9 +48,11 @@ def known_sessions():
     record(a, t, EventType.USER_MESSAGE, "trains to Paris?")
     record(a, t, EventType.TOOL_CALL, "current_time", name="current_time", call_id="1")
     record(a, t, EventType.TOOL_RESULT, "current_time", name="current_time", call_id="1", ok=True)
-    record(a, t, EventType.ASSISTANT_MESSAGE, "yes", ttft_ms=100, usage={"prompt_tokens": 10, "completion_tokens": 5})
+    record(a, t, EventType.ASSISTANT_MESSAGE, "yes", ttft_ms=100, usage={"prompt_tokens": 10, "completion_tokens": 5},
+           model="big", cost_usd=0.0001)  # fmt: skip
     record(a, t, EventType.USER_MESSAGE, "when?")
-    record(a, t, EventType.ASSISTANT_MESSAGE, "", ttft_ms=300, usage={"prompt_tokens": 20, "completion_tokens": 7})
+    record(a, t, EventType.ASSISTANT_MESSAGE, "", ttft_ms=300, usage={"prompt_tokens": 20, "completion_tokens": 7},
+           model="big", cost_usd=0.00025)  # fmt: skip
     record(a, t, EventType.ERROR, "down", code="llm_unavailable")
     end_after(a, 10)
     Summary.objects.create(session=a, status="done", key_topics=["Paris", "trains"], sentiment="positive")
@@ -57,13 +62,17 @@ def known_sessions():
     record(b, t, EventType.USER_MESSAGE, "time in Paris")
     record(b, t, EventType.TOOL_CALL, "current_time", name="current_time", call_id="2")
     record(b, t, EventType.TOOL_RESULT, "current_time", name="current_time", call_id="2", ok=False)
-    record(b, t, EventType.ASSISTANT_MESSAGE, "sorry", ttft_ms=200, usage={"prompt_tokens": 4, "completion_tokens": 2})
+    record(b, t, EventType.ASSISTANT_MESSAGE, "sorry", ttft_ms=200, usage={"prompt_tokens": 4, "completion_tokens": 2},
+           model="small", cost_usd=0.00002)  # fmt: skip
+    # A reply on a model with no price: no cost, and not in the cost figures.
+    record(b, t, EventType.ASSISTANT_MESSAGE, "free", ttft_ms=None, model="unpriced", cost_usd=None)
     end_after(b, 30)
     Summary.objects.create(session=b, status="done", key_topics=["paris"], sentiment="negative")
 
     before = session_at(DAY - timedelta(hours=2), model="big", anon_key="visitor-2")
     t = DAY - timedelta(hours=1)
     record(before, t, EventType.USER_MESSAGE, "yesterday")
+    record(before, t, EventType.ASSISTANT_MESSAGE, "old reply", model="big", cost_usd=0.5)
     record(before, t, EventType.ERROR, "old", code="internal")
     end_after(before, 99)
     Summary.objects.create(session=before, status="done", key_topics=["old"], sentiment="neutral")
@@ -76,7 +85,7 @@ def test_report_figures_match_the_hand_computed_ones(known_sessions):
         "users": 1,
         "anonymous_visitors": 1,
         "turns": 3,
-        "messages": 6,
+        "messages": 7,
         "tool_calls": 2,
         "errors": 1,
         # durations 10 and 30: linear interpolation between them
@@ -87,11 +96,23 @@ def test_report_figures_match_the_hand_computed_ones(known_sessions):
             "big": {"prompt_tokens": 30, "completion_tokens": 12},
             "small": {"prompt_tokens": 4, "completion_tokens": 2},
         },
+        # What the replies of the day cost, as recorded (the day before's 0.5 is not in it).
+        "cost_usd": 0.00037,
+        "cost_by_model": {"big": 0.00035, "small": 0.00002},
+        "cost_by_day": {"2026-01-10": 0.00037},
+        "cost_by_visitor": {"ana": 0.00035, f"anonymous {VISITOR_1_HASH}": 0.00002},
         "tools": {"current_time": {"calls": 2, "failed": 1, "failure_rate": 0.5}},
         "errors_by_code": {"llm_unavailable": 1},
         "top_topics": [{"topic": "paris", "sessions": 2}, {"topic": "trains", "sessions": 1}],
         "sentiment": {"positive": 1, "negative": 1},
     }
+
+
+def test_costs_are_split_by_day_over_a_longer_period(known_sessions):
+    figures = report_figures(start=DAY - timedelta(days=1), end=DAY + timedelta(days=1))
+    assert figures["cost_by_day"] == {"2026-01-09": 0.5, "2026-01-10": 0.00037}
+    assert figures["cost_usd"] == 0.50037
+    assert figures["cost_by_visitor"][f"anonymous {hashlib.sha256(b'visitor-2').hexdigest()[:10]}"] == 0.5
 
 
 def test_building_a_period_again_replaces_its_report(known_sessions):

@@ -1,0 +1,140 @@
+"""What replies cost: by the price table, by estimate when the model sent no usage, added up per session."""
+
+import math
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+
+from audit import services
+from audit.models import ChatSession, EventType
+from llmbacker.settings import _price
+
+from .conftest import ChatClient, events_of, text_of
+from .fake_groq import text_reply
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# USD per million tokens, input and output.
+PRICE = (Decimal("1.50"), Decimal("4.00"))
+
+
+@pytest.fixture
+def priced(settings, fake_groq):
+    """Both chat models priced at PRICE; the replies come from the fake Groq server."""
+    settings.LLM_PRICES = {settings.GROQ_MODEL: PRICE, settings.GROQ_FAST_MODEL: PRICE}
+    return fake_groq
+
+
+def expected_cost(prompt_tokens: int, completion_tokens: int) -> float:
+    return float((prompt_tokens * PRICE[0] + completion_tokens * PRICE[1]) / 1_000_000)
+
+
+@pytest.mark.asyncio
+async def test_each_reply_is_charged_by_the_price_table_and_the_session_adds_them_up(avisitor, priced):
+    priced.enqueue(text_reply("hello there", usage=(1200, 700)), text_reply("again", usage=(3000, 50)))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.turn("hi")
+    await client.turn("more")
+    await client.close()
+    replies = [event for event in await events_of(client.session_id) if event.type == EventType.ASSISTANT_MESSAGE]
+    assert [reply.data["cost_usd"] for reply in replies] == [expected_cost(1200, 700), expected_cost(3000, 50)]
+    assert all("usage_estimated" not in reply.data for reply in replies)
+    session = await ChatSession.objects.aget(pk=client.session_id)
+    assert session.cost_usd == Decimal("0.0046") + Decimal("0.0047")
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_reply_is_charged_for_what_it_used_by_estimate(avisitor, priced):
+    priced.enqueue(text_reply(" ".join(f"word{n}" for n in range(200)), delay=0.05))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.send({"type": "message", "content": "talk slowly"})
+    frames = []
+    while sum(frame["type"] == "token" for frame in frames) < 3:
+        frames.append(await client.receive())
+    await client.send({"type": "stop"})
+    frames += await client.until("done")
+    await client.close()
+    assert frames[-1]["stopped"] is True
+    reply = (await events_of(client.session_id))[-1]
+    assert reply.content == text_of(frames)
+    # No usage came from the model: the prompt and the text produced are estimated.
+    assert reply.data["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    estimated = reply.data["usage_estimated"]
+    assert estimated["completion_tokens"] == math.ceil(len(reply.content) / 4)
+    assert estimated["prompt_tokens"] > 0
+    assert reply.data["cost_usd"] == expected_cost(estimated["prompt_tokens"], estimated["completion_tokens"])
+    session = await ChatSession.objects.aget(pk=client.session_id)
+    assert session.cost_usd == Decimal(str(reply.data["cost_usd"]))
+
+
+@pytest.mark.asyncio
+async def test_a_model_with_no_price_records_no_cost(avisitor, settings, fake_groq):
+    settings.LLM_PRICES = {}
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.turn("hi")
+    await client.close()
+    reply = (await events_of(client.session_id))[-1]
+    assert reply.type == EventType.ASSISTANT_MESSAGE
+    assert reply.data["cost_usd"] is None
+    assert (await ChatSession.objects.aget(pk=client.session_id)).cost_usd == 0
+
+
+@pytest.mark.asyncio
+async def test_the_offline_model_costs_nothing(avisitor):
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.turn("hello")
+    await client.close()
+    reply = (await events_of(client.session_id))[-1]
+    assert (reply.data["model"], reply.data["cost_usd"]) == ("offline-demo", 0.0)
+
+
+def test_the_admin_adds_up_the_listed_sessions_per_user(client):
+    staff = get_user_model().objects.create_superuser("staff", password="pw")
+    ana = get_user_model().objects.create_user("ana", password="pw")
+    for owner, cost in [(ana, 0.25), (ana, 0.5), (None, 4.0)]:
+        session = ChatSession.objects.create(id=uuid.uuid4(), user=owner, anon_key="" if owner else "visitor")
+        services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="hi")
+        services.event_record(
+            session_id=session.id, type=EventType.ASSISTANT_MESSAGE, content="yo", data={"cost_usd": cost}
+        )
+    client.force_login(staff)
+    everyone = client.get("/admin/audit/chatsession/").content.decode()
+    assert "These 3 sessions" in everyone and "$4.7500" in everyone
+    anas = client.get(f"/admin/audit/chatsession/?user__id__exact={ana.pk}").content.decode()
+    assert "These 2 sessions" in anas and "$0.7500" in anas
+
+
+@pytest.mark.parametrize("price", ["1", "a/b", "1/2/3", "-1/2"])
+def test_a_malformed_price_is_refused_at_start(price):
+    with pytest.raises(ImproperlyConfigured):
+        _price("some-model", price)
+
+
+def test_a_price_is_input_and_output_per_million():
+    assert _price("m", "0.59/0.79") == (Decimal("0.59"), Decimal("0.79"))
+
+
+def test_concurrent_replies_add_up_exactly_on_the_session():
+    """Costs are decimals bumped in the session row's UPDATE: eight writers at once lose nothing."""
+    session = ChatSession.objects.create(id=uuid.uuid4(), anon_key="v")
+
+    def record(_: int) -> None:
+        try:
+            services.event_record(
+                session_id=session.id, type=EventType.ASSISTANT_MESSAGE, data={"cost_usd": 0.00000013}
+            )
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(record, range(8)))
+    assert ChatSession.objects.get(pk=session.id).cost_usd == Decimal("0.00000104")
