@@ -8,7 +8,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Sum
+from django.db.models import Count, Exists, F, OuterRef, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from . import services
 from .exports import sessions_csv_stream, sessions_json_stream
-from .models import ChatSession, Report, ReportKind, Summary, SummaryStatus
+from .models import FEEDBACK, ChatSession, Event, EventType, Report, ReportKind, Summary, SummaryStatus
 from .reports import report_build, report_rows
 from .selectors import sessions_text_match
 from .timeline import timeline_page
@@ -95,6 +95,22 @@ class DeletedByOwnerFilter(admin.SimpleListFilter):
         return queryset
 
 
+class FeedbackFilter(admin.SimpleListFilter):
+    title = "feedback"
+    parameter_name = "feedback"
+
+    def lookups(self, request, model_admin):
+        return [("up", "a reply rated up"), ("down", "a reply rated down"), ("none", "no feedback")]
+
+    def queryset(self, request, queryset):
+        ratings = Event.objects.filter(session=OuterRef("pk"), type=EventType.SYSTEM, data__kind=FEEDBACK)
+        if self.value() in ("up", "down"):
+            return queryset.filter(Exists(ratings.filter(data__rating=self.value())))
+        if self.value() == "none":
+            return queryset.exclude(Exists(ratings))
+        return queryset
+
+
 class SummaryStatusFilter(admin.SimpleListFilter):
     title = "summary"
     parameter_name = "summary"
@@ -133,6 +149,7 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         HadErrorsFilter,
         HadToolCallsFilter,
         SummaryStatusFilter,
+        FeedbackFilter,
         DeletedByOwnerFilter,
         ("user", admin.RelatedOnlyFieldListFilter),
     ]

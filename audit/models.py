@@ -21,6 +21,10 @@ class EventType(models.TextChoices):
     SYSTEM = "system", "System"
 
 
+# The `kind` of a `system` event that records a visitor's rating of a reply.
+FEEDBACK = "feedback"
+
+
 class SummaryStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     DONE = "done", "Done"

@@ -10,7 +10,7 @@ from django.db.models import Count, DecimalField, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, TruncDate
 
-from .models import ChatSession, Event, EventType, Report, Summary
+from .models import FEEDBACK, ChatSession, Event, EventType, Report, Summary
 
 TOP_TOPICS = 10
 
@@ -57,6 +57,28 @@ def cost_figures(replies: QuerySet[Event]) -> dict[str, Any]:
             _spender(row["session__user__username"], row["session__anon_key"]): _usd(row["total"])
             for row in by_visitor[:TOP_SPENDERS]
         },
+    }
+
+
+def satisfaction_by_model(ratings: QuerySet[Event]) -> dict[str, dict[str, Any]]:
+    """Return thumbs up and down per model, and the share up, counting the latest rating of each reply."""
+    latest: dict[tuple[Any, str], tuple[str, str]] = {}
+    rows = ratings.order_by("created_at", "seq").values_list(
+        "session_id", "data__turn_id", "data__model", "data__rating"
+    )
+    for session_id, turn_id, model, rating in rows:
+        latest[(session_id, turn_id)] = (model or "unknown", rating)
+    counts: dict[str, Counter] = {}
+    for model, rating in latest.values():
+        counts.setdefault(model, Counter())[rating] += 1
+    return {
+        model: {
+            "up": tally["up"],
+            "down": tally["down"],
+            "satisfaction": round(tally["up"] / (tally["up"] + tally["down"]), 4),
+        }
+        for model, tally in sorted(counts.items())
+        if tally["up"] + tally["down"]
     }
 
 
@@ -109,6 +131,7 @@ def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
         "ttft_ms": percentiles(ttfts),
         "tokens_by_model": tokens_by_model,
         **cost_figures(events.filter(type=EventType.ASSISTANT_MESSAGE)),
+        "feedback_by_model": satisfaction_by_model(events.filter(type=EventType.SYSTEM, data__kind=FEEDBACK)),
         "tools": tools,
         "errors_by_code": errors_by_code,
         "top_topics": [{"topic": topic, "sessions": count} for topic, count in topics.most_common(TOP_TOPICS)],

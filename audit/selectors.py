@@ -7,7 +7,7 @@ from uuid import UUID
 from django.db import connection
 from django.db.models import Q, QuerySet
 
-from .models import ChatSession, Event, EventType, Summary
+from .models import FEEDBACK, ChatSession, Event, EventType, Summary
 
 
 def session_get(*, session_id: UUID) -> ChatSession | None:
@@ -56,15 +56,29 @@ def session_history(*, session_id: UUID, before: datetime | None = None) -> list
     )
     if before is not None:
         events = events.filter(created_at__lt=before)
-    rows = events.order_by("seq").values_list("type", "content", "created_at")
-    return [
-        {
-            "role": "user" if kind == EventType.USER_MESSAGE else "assistant",
-            "content": content,
-            "created_at": created_at.isoformat(),
-        }
-        for kind, content, created_at in rows
-    ]
+    rows = events.order_by("seq").values_list("type", "content", "created_at", "data__turn_id")
+    history: list[dict] = []
+    for kind, content, created_at, turn_id in rows:
+        item = {"role": "user" if kind == EventType.USER_MESSAGE else "assistant", "content": content}
+        item["created_at"] = created_at.isoformat()
+        if kind == EventType.ASSISTANT_MESSAGE and turn_id:
+            item["turn_id"] = turn_id
+        history.append(item)
+    ratings = feedback_latest(session_id=session_id) if any("turn_id" in item for item in history) else {}
+    for item in history:
+        if "turn_id" in item:
+            item["feedback"] = ratings.get(item["turn_id"])
+    return history
+
+
+def feedback_latest(*, session_id: UUID) -> dict[str, str]:
+    """Return the latest rating ("up" or "down") of each rated reply of the session, by turn_id."""
+    rows = (
+        Event.objects.filter(session_id=session_id, type=EventType.SYSTEM, data__kind=FEEDBACK)
+        .order_by("seq")
+        .values_list("data__turn_id", "data__rating")
+    )
+    return dict(rows)
 
 
 def sessions_owned(*, user_id: int | None, anon_key: str) -> QuerySet[ChatSession]:

@@ -12,7 +12,7 @@ from django.db import connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from .models import ChatSession, Event, EventType, SessionStatus, SocketLease, Summary, SummaryStatus
+from .models import FEEDBACK, ChatSession, Event, EventType, SessionStatus, SocketLease, Summary, SummaryStatus
 from .redaction import redact
 
 
@@ -341,6 +341,48 @@ def event_record(
     event = Event(session_id=session_id, seq=next_seq - 1, type=type, content=content, data=data, created_at=now)
     (event.pk,) = _insert(event, f"RETURNING {_column(Event._meta, 'id')}")
     return event
+
+
+class ReplyNotFound(Exception):
+    """No reply of the session has that turn_id."""
+
+
+class FeedbackLimitReached(Exception):
+    """The reply was rated as many times as allowed."""
+
+
+# A visitor may change their mind; beyond this many ratings of one reply they are refused.
+FEEDBACK_PER_REPLY = 10
+
+
+def feedback_record(*, session_id: UUID, turn_id: str, rating: str, comment: str = "") -> Event:
+    """Record a visitor's rating of a reply ("up" or "down") and their comment, as a `system` event.
+
+    The event's data holds `kind` "feedback", the reply's `turn_id`, `reply_seq`
+    and `model` (so satisfaction can be read per model), and the rating; the
+    comment is its content. A later rating of the same reply supersedes the
+    earlier one where ratings are counted (the latest counts), and both stay
+    in the record.
+    """
+    reply = (
+        Event.objects.filter(session_id=session_id, type=EventType.ASSISTANT_MESSAGE, data__turn_id=turn_id)
+        .values_list("seq", "data__model")
+        .first()
+    )
+    if reply is None:
+        raise ReplyNotFound(turn_id)
+    given = Event.objects.filter(
+        session_id=session_id, type=EventType.SYSTEM, data__kind=FEEDBACK, data__turn_id=turn_id
+    ).count()
+    if given >= FEEDBACK_PER_REPLY:
+        raise FeedbackLimitReached(turn_id)
+    reply_seq, model = reply
+    return event_record(
+        session_id=session_id,
+        type=EventType.SYSTEM,
+        content=comment,
+        data={"kind": FEEDBACK, "turn_id": turn_id, "rating": rating, "reply_seq": reply_seq, "model": model or ""},
+    )
 
 
 RETENTION_BATCH = 500

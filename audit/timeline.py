@@ -7,7 +7,7 @@ from uuid import UUID
 
 from django.core.paginator import Page, Paginator
 
-from .models import Event, EventType
+from .models import FEEDBACK, Event, EventType
 
 TIMELINE_PAGE_SIZE = 100
 
@@ -70,6 +70,9 @@ def _row(event: Event) -> TimelineRow:
         content = f"{data.get('name')} → {outcome} in {data.get('duration_ms')} ms\n{result}"
     elif event.type == EventType.ERROR:
         content = f"{data.get('code')}: {event.content}"
+    elif event.type == EventType.SYSTEM and data.get("kind") == FEEDBACK:
+        rated = "rated up" if data.get("rating") == "up" else "rated down"
+        content = f"{rated} the reply #{data.get('reply_seq')}" + (f": {event.content}" if event.content else "")
     return TimelineRow(
         seq=event.seq,
         created_at=event.created_at,

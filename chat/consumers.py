@@ -20,7 +20,7 @@ from . import limits, services
 from .database import database_async
 from .handshake import Caller, caller_identify, user_resolve
 from .presence import presence
-from .protocol import FrameError, frame_parse
+from .protocol import ClientFrame, FrameError, frame_parse
 from .retry import database_retry
 from .streams import Frame, hub, session_group, watch_group
 from .turns import Turn
@@ -60,6 +60,7 @@ socket_leave = database_async(services.socket_leave)
 turn_claim = database_async(services.turn_claim)
 turn_owner = database_async(services.turn_owner)
 last_user_message = database_async(selectors.last_user_message)
+feedback_record = database_async(services.feedback_record)
 
 # A channel layer that does not answer within this is skipped when leaving.
 LAYER_TIMEOUT_SECONDS = 5.0
@@ -389,8 +390,24 @@ class SessionConsumer(ConnectionKeepingConsumer):
             await self._stop()
         elif frame.kind == "message":
             await self._message(frame.content)
+        elif frame.kind == "feedback":
+            await self._feedback(frame)
         else:
             await self._resend(frame.kind, frame.content)
+
+    async def _feedback(self, frame: ClientFrame) -> None:
+        """Record the visitor's rating of a reply of this session (and their comment); say it was saved."""
+        try:
+            await feedback_record(
+                session_id=self.session_id, turn_id=frame.turn_id, rating=frame.rating, comment=frame.content
+            )
+        except services.ReplyNotFound:
+            await self.error("invalid_message", "No reply of this session has that turn_id.")
+            return
+        except services.FeedbackLimitReached:
+            await self.error("rate_limited", "This reply was rated too many times.")
+            return
+        await self.emit({"type": "feedback_saved", "turn_id": frame.turn_id, "rating": frame.rating})
 
     async def _stop(self) -> None:
         """Stop the session's running reply, wherever it runs; nothing to stop is not an error."""

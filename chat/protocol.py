@@ -1,18 +1,25 @@
 """Decode and check client frames; bad input becomes a `FrameError` with its error code."""
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-FrameKind = Literal["message", "edit", "regenerate", "stop", "ping"]
+FrameKind = Literal["message", "edit", "regenerate", "stop", "ping", "feedback"]
+
+FEEDBACK_RATINGS = ("up", "down")
+FEEDBACK_MAX_CHARS = 2000
+TURN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
 class ClientFrame:
-    """A valid frame from the client."""
+    """A valid frame from the client; a `feedback` frame's reply is named by `turn_id`."""
 
     kind: FrameKind
     content: str = ""
+    turn_id: str = ""
+    rating: str = ""
 
 
 class FrameError(Exception):
@@ -47,9 +54,12 @@ def frame_parse(*, text: str | None, binary: bytes | None, max_chars: int) -> Cl
         content = payload.get("content")
     if kind in ("stop", "ping", "regenerate"):
         return ClientFrame(kind=kind)
+    if kind == "feedback":
+        return _feedback_parse(payload)
     if kind not in ("message", "edit"):
         raise FrameError(
-            "invalid_message", "Unknown frame type; expected 'message', 'edit', 'regenerate', 'stop' or 'ping'."
+            "invalid_message",
+            "Unknown frame type; expected 'message', 'edit', 'regenerate', 'feedback', 'stop' or 'ping'.",
         )
     if not isinstance(content, str) or not content.strip():
         raise FrameError("invalid_message", "A message needs a non-empty string 'content'.")
@@ -57,6 +67,23 @@ def frame_parse(*, text: str | None, binary: bytes | None, max_chars: int) -> Cl
         raise FrameError("message_too_large", f"Messages are limited to {max_chars} characters.")
     text_check(content)
     return ClientFrame(kind=kind, content=content)
+
+
+def _feedback_parse(payload: dict[str, Any]) -> ClientFrame:
+    """Check a `{"type": "feedback", "turn_id", "rating": "up"|"down", "comment"?}` frame."""
+    turn_id, rating, comment = payload.get("turn_id"), payload.get("rating"), payload.get("comment", "")
+    if not isinstance(turn_id, str) or not TURN_ID.fullmatch(turn_id):
+        raise FrameError("invalid_message", "Feedback needs the 'turn_id' of a reply (from its 'done' frame).")
+    if rating not in FEEDBACK_RATINGS:
+        raise FrameError("invalid_message", "Feedback needs a 'rating' of 'up' or 'down'.")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str):
+        raise FrameError("invalid_message", "A feedback 'comment' must be a string.")
+    if len(comment) > FEEDBACK_MAX_CHARS:
+        raise FrameError("message_too_large", f"Feedback comments are limited to {FEEDBACK_MAX_CHARS} characters.")
+    text_check(comment)
+    return ClientFrame(kind="feedback", content=comment.strip(), turn_id=turn_id, rating=rating)
 
 
 def text_check(text: str) -> None:

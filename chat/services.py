@@ -11,11 +11,21 @@ from django.utils import timezone
 
 from audit import selectors, services
 from audit.models import ChatSession, SocketLease
-from audit.services import SessionForbidden
+from audit.services import FeedbackLimitReached, ReplyNotFound, SessionForbidden, feedback_record
 
 from .llm import chat_model_get
 
-__all__ = ["SessionForbidden", "SocketLimitReached", "session_join", "socket_leave", "turn_claim", "turn_owner"]
+__all__ = [
+    "FeedbackLimitReached",
+    "ReplyNotFound",
+    "SessionForbidden",
+    "SocketLimitReached",
+    "feedback_record",
+    "session_join",
+    "socket_leave",
+    "turn_claim",
+    "turn_owner",
+]
 
 # A backstop: a claim this old is taken over even when its socket's lease is
 # live (the turn hung). Normally a claim frees once its holder's lease runs out.

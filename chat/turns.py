@@ -483,6 +483,7 @@ async def turn_run(
             "ttft_ms": reply.ttft_ms,
             "duration_ms": reply.elapsed_ms(),
             "model": answered_by,
+            "turn_id": reply.turn_id,
         }
     )
     if visitor:

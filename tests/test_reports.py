@@ -34,8 +34,8 @@ def end_after(session: ChatSession, seconds: float) -> None:
     ChatSession.objects.filter(pk=session.pk).update(status="ended", ended_at=ended, duration_seconds=seconds)
 
 
-def record(session: ChatSession, at: datetime, kind: str, content: str = "", **data) -> None:
-    event = services.event_record(session_id=session.id, type=kind, content=content, data=data)
+def record(session: ChatSession, at: datetime, event_type: str, content: str = "", **data) -> None:
+    event = services.event_record(session_id=session.id, type=event_type, content=content, data=data)
     Event.objects.filter(pk=event.pk).update(created_at=at)
 
 
@@ -54,6 +54,9 @@ def known_sessions():
     record(a, t, EventType.ASSISTANT_MESSAGE, "", ttft_ms=300, usage={"prompt_tokens": 20, "completion_tokens": 7},
            model="big", cost_usd=0.00025)  # fmt: skip
     record(a, t, EventType.ERROR, "down", code="llm_unavailable")
+    # Feedback: the first reply rated down, then up (the latest counts); the second down.
+    for turn_id, rating in [("t1", "down"), ("t1", "up"), ("t2", "down")]:
+        record(a, t, EventType.SYSTEM, "", kind="feedback", turn_id=turn_id, rating=rating, model="big")
     end_after(a, 10)
     Summary.objects.create(session=a, status="done", key_topics=["Paris", "trains"], sentiment="positive")
 
@@ -66,6 +69,7 @@ def known_sessions():
            model="small", cost_usd=0.00002)  # fmt: skip
     # A reply on a model with no price: no cost, and not in the cost figures.
     record(b, t, EventType.ASSISTANT_MESSAGE, "free", ttft_ms=None, model="unpriced", cost_usd=None)
+    record(b, t, EventType.SYSTEM, "great", kind="feedback", turn_id="t3", rating="up", model="small")
     end_after(b, 30)
     Summary.objects.create(session=b, status="done", key_topics=["paris"], sentiment="negative")
 
@@ -105,6 +109,10 @@ def test_report_figures_match_the_hand_computed_ones(known_sessions):
         "errors_by_code": {"llm_unavailable": 1},
         "top_topics": [{"topic": "paris", "sessions": 2}, {"topic": "trains", "sessions": 1}],
         "sentiment": {"positive": 1, "negative": 1},
+        "feedback_by_model": {
+            "big": {"up": 1, "down": 1, "satisfaction": 0.5},
+            "small": {"up": 1, "down": 0, "satisfaction": 1.0},
+        },
     }
 
 
@@ -177,7 +185,7 @@ def test_a_report_is_the_same_few_queries_for_few_or_many_sessions(known_session
     with CaptureQueriesContext(connection) as many:
         figures = report_figures(**period)
     assert figures["sessions"] == 22
-    assert len(few) == len(many) <= 12
+    assert len(few) == len(many) <= 13
 
 
 def test_staff_download_a_report_as_csv(client, known_sessions):

@@ -400,6 +400,7 @@
     tool_result: onToolResult,
     done: onDone,
     error: onError,
+    feedback_saved: onFeedbackSaved,
     pong: () => {},
   };
 
@@ -520,6 +521,7 @@
     // except after an error, which already says what happened.
     if (!msg && !turn.hadError) msg = assistantEnsure();
     if (msg) assistantFinish(msg, figuresFrom(frame));
+    if (msg) feedbackAttach(msg, frame.turn_id, null);
     for (const el of turn.replaced) el.remove(); // kept in the record, marked superseded
     turn.replaced = [];
     turnEnd();
@@ -566,6 +568,73 @@
     }, ERROR_DONE_GRACE_MS);
   }
 
+  /* ---------- feedback: a thumb up or down on each reply, and an optional comment ---------- */
+
+  // Words, not emoji: a system without an emoji font shows those as empty boxes.
+  const RATINGS = [
+    ["up", "Good", "Good reply"],
+    ["down", "Bad", "Bad reply"],
+  ];
+
+  function feedbackAttach(msg, turnId, rating) {
+    if (typeof turnId !== "string" || !/^[0-9a-f]{32}$/.test(turnId) || msg.el.querySelector(".feedback")) return;
+    const box = elementWith("span", "feedback");
+    box.dataset.turnId = turnId;
+    for (const [value, label, title] of RATINGS) {
+      const button = elementWith("button", "btn-copy feedback-button", label);
+      button.type = "button";
+      button.dataset.rating = value;
+      button.title = title;
+      button.setAttribute("aria-label", title);
+      button.setAttribute("aria-pressed", "false");
+      box.appendChild(button);
+    }
+    msg.footEl.appendChild(box);
+    if (rating) feedbackShow(turnId, rating);
+  }
+
+  function feedbackBox(turnId) {
+    if (typeof turnId !== "string" || !/^[0-9a-f]{32}$/.test(turnId)) return null;
+    return els.messages.querySelector(`.feedback[data-turn-id="${turnId}"]`);
+  }
+
+  function feedbackShow(turnId, rating) {
+    const box = feedbackBox(turnId);
+    if (!box) return;
+    for (const button of box.querySelectorAll(".feedback-button")) {
+      button.setAttribute("aria-pressed", button.dataset.rating === rating ? "true" : "false");
+    }
+  }
+
+  /* Send the rating at once; then offer a comment, sent with the same rating. */
+  function feedbackGive(box, rating) {
+    if (!box || !frameSend({ type: "feedback", turn_id: box.dataset.turnId, rating })) return;
+    const msgEl = box.closest(".msg");
+    const old = msgEl.querySelector(".feedback-form");
+    if (old) old.remove();
+    const form = elementWith("form", "feedback-form");
+    const input = elementWith("input", "feedback-comment");
+    input.type = "text";
+    input.maxLength = 2000;
+    input.placeholder = rating === "up" ? "What was good? (optional)" : "What went wrong? (optional)";
+    input.setAttribute("aria-label", "Comment on this reply");
+    const send = elementWith("button", "btn-copy", "Send");
+    send.type = "submit";
+    form.append(input, send);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const comment = input.value.trim();
+      if (comment) frameSend({ type: "feedback", turn_id: box.dataset.turnId, rating, comment });
+      form.remove();
+    });
+    msgEl.appendChild(form);
+    input.focus({ preventScroll: true });
+  }
+
+  function onFeedbackSaved(frame) {
+    feedbackShow(frame.turn_id, frame.rating);
+  }
+
   /* ---------- regenerate and edit ---------- */
 
   function lastUserElement() {
@@ -606,6 +675,11 @@
   }
 
   function messagesClick(event) {
+    const rate = event.target.closest("button.feedback-button");
+    if (rate) {
+      feedbackGive(rate.closest(".feedback"), rate.dataset.rating);
+      return;
+    }
     const button = event.target.closest("button.msg-action");
     if (!button) return;
     if (button.dataset.action === "regenerate") regenerate();
@@ -761,8 +835,10 @@
     for (const item of history) {
       if (!item || (item.role !== "user" && item.role !== "assistant")) continue;
       const msg = messageAppend(item.role, typeof item.content === "string" ? item.content : "", item.created_at);
-      if (item.role === "assistant") assistantFinish(msg, { meta: "", stopped: false, title: "" });
-      else state.lastUserMsg = msg;
+      if (item.role === "assistant") {
+        assistantFinish(msg, { meta: "", stopped: false, title: "" });
+        feedbackAttach(msg, item.turn_id, item.feedback);
+      } else state.lastUserMsg = msg;
     }
     if (state.editing) {
       // Drawn again (a reconnect): the edit goes on, on the message as drawn now.
@@ -835,8 +911,11 @@
         const msg = currentEnsure(event.created_at);
         msg.raw = content;
         assistantFinish(msg, figuresFrom(data));
+        feedbackAttach(msg, data.turn_id, null);
         lastReply = msg;
         current = null;
+      } else if (event.type === "system" && data.kind === "feedback") {
+        feedbackShow(data.turn_id, data.rating); // the latest rating of a reply counts
       } else if (event.type === "error") {
         const box = errorBuild(data.code, content || data.message);
         const target = current || lastReply;
