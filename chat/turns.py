@@ -29,7 +29,7 @@ from .context import CHARS_PER_TOKEN, last_turn_used_tools, messages_build, toke
 from .database import database_async
 from .limits import token_budget_charge
 from .llm import LLMError, TextDelta, ToolCall, Usage, chat_model_get
-from .llm.types import ChatModel, Finish
+from .llm.types import ChatModel, Fallback, Finish
 from .memory import earlier_extend
 from .retry import database_retry
 from .strategy import strategy_choose
@@ -102,6 +102,8 @@ class Reply:
     context: dict[str, Any] = field(default_factory=dict)
     tools_offered: list[str] = field(default_factory=list)
     ignored_tool_calls: list[str] = field(default_factory=list)
+    # The spare model answered: {"model", "replaced", "reason"} (see chat.llm.fallback).
+    fallback: dict[str, str] | None = None
 
     def add_text(self, text: str) -> None:
         if self.ttft_ms is None:
@@ -136,6 +138,12 @@ class Reply:
                 "completion_tokens": self.estimated_completion_tokens,
             }
         return figures
+
+    def answered_by(self, model: ChatModel) -> str:
+        """Return the model that answered: the spare after a fallback, else the one routing chose."""
+        if self.fallback is not None:
+            return self.fallback["model"]
+        return self.strategy.get("model", model.model)
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -282,6 +290,9 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
                     reply.finish_reason = item.reason
                     if item.request_id:
                         reply.request_ids.append(item.request_id)
+                elif isinstance(item, Fallback):
+                    reply.fallback = {"model": item.model, "replaced": item.replaced, "reason": item.reason}
+                    await emit({"type": "model_fallback", **reply.fallback})
         finally:
             if not usage_came:
                 reply.estimate_round(messages=messages, text="".join(round_parts), calls=calls)
@@ -301,7 +312,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
 
     Retried while the database is away; a retry does not record it twice.
     """
-    answered_by = reply.strategy.get("model", model.model)
+    answered_by = reply.answered_by(model)
     await database_retry(
         event_record,
         what="record the reply",
@@ -324,6 +335,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
             "timings": reply.timings,
             "tools_offered": reply.tools_offered,
             "ignored_tool_calls": reply.ignored_tool_calls,
+            **({"fallback": reply.fallback} if reply.fallback else {}),
             **reply.cost(answered_by),
             **outcome,
         },
@@ -465,7 +477,7 @@ async def turn_run(
     # client may send its next message the moment it reads `done`.
     if turn is not None:
         turn.answered = True
-    answered_by = reply.strategy.get("model", model.model)
+    answered_by = reply.answered_by(model)
     metrics.turn_finished(
         outcome="stopped" if outcome["stopped"] else "error" if "error_code" in outcome else "done",
         model=answered_by,

@@ -204,6 +204,25 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- The model --------------------------------------------------------------
+# Which chat model answers (chat/llm/): "groq", "openai" (any OpenAI-compatible
+# server) or "offline"; unset: Groq when GROQ_API_KEY is set, else offline.
+LLM_PROVIDERS = ("groq", "openai", "offline")
+LLM_PROVIDER = env.str("LLM_PROVIDER", default="")
+# A spare model on any provider, asked when the main one is rate limited or down
+# (after its retries) before its reply began; its model defaults to that provider's.
+LLM_FALLBACK_PROVIDER = env.str("LLM_FALLBACK_PROVIDER", default="")
+LLM_FALLBACK_MODEL = env.str("LLM_FALLBACK_MODEL", default="")
+for _name, _value in (("LLM_PROVIDER", LLM_PROVIDER), ("LLM_FALLBACK_PROVIDER", LLM_FALLBACK_PROVIDER)):
+    if _value and _value not in LLM_PROVIDERS:
+        raise ImproperlyConfigured(f"{_name} must be one of {', '.join(LLM_PROVIDERS)}, not {_value!r}")
+
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_MODEL = env.str("OPENAI_MODEL", default="")
+OPENAI_FAST_MODEL = env.str("OPENAI_FAST_MODEL", default="") or OPENAI_MODEL
+if "openai" in (LLM_PROVIDER, LLM_FALLBACK_PROVIDER) and not (OPENAI_BASE_URL and OPENAI_MODEL):
+    raise ImproperlyConfigured("the openai provider needs OPENAI_BASE_URL and OPENAI_MODEL")
+
 GROQ_API_KEY = env.str("GROQ_API_KEY", default="")
 GROQ_BASE_URL = env.str("GROQ_BASE_URL", default="") or None
 GROQ_MODEL = env.str("GROQ_MODEL", default="llama-3.3-70b-versatile")

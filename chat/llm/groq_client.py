@@ -5,70 +5,13 @@ import contextlib
 import re
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import groq
 import httpx
 
-from .sse import SSEDecoder, StreamErrorEvent
-from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
-
-
-@dataclass
-class _PendingCall:
-    call_id: str
-    name: str
-    arguments: str
-
-
-class ToolCallMerger:
-    """Rebuild whole tool calls from streamed deltas.
-
-    Deltas are merged by `index`; a new `id` at an index already in use starts
-    a new call. This covers Groq's usual shape (each call whole in one delta),
-    several calls in one delta, and arguments split across deltas.
-    """
-
-    def __init__(self) -> None:
-        self._calls: list[_PendingCall] = []
-        self._by_index: dict[int, _PendingCall] = {}
-
-    def add(self, delta: dict[str, Any]) -> None:
-        """Fold one entry of a chunk's `delta.tool_calls` into the calls."""
-        function = delta.get("function") or {}
-        index, call_id = delta.get("index", 0), delta.get("id")
-        current = self._by_index.get(index)
-        if current is None or (call_id and current.call_id and call_id != current.call_id):
-            current = _PendingCall(call_id=call_id or "", name="", arguments="")
-            self._calls.append(current)
-            self._by_index[index] = current
-        elif call_id and not current.call_id:
-            current.call_id = call_id
-        if function.get("name") and not current.name:
-            current.name = function["name"]
-        if function.get("arguments"):
-            current.arguments += function["arguments"]
-
-    def calls(self) -> list[ToolCall]:
-        """Return the merged calls in the order they started."""
-        return [
-            ToolCall(call_id=call.call_id or f"call_{n}", name=call.name, arguments=call.arguments or "{}")
-            for n, call in enumerate(self._calls)
-        ]
-
-
-def _usage_from(raw: dict[str, Any]) -> Usage:
-    timings = {
-        name: float(value)
-        for name in ("queue_time", "prompt_time", "completion_time", "total_time")
-        if isinstance(value := raw.get(name), int | float)
-    }
-    return Usage(
-        prompt_tokens=raw.get("prompt_tokens") or 0,
-        completion_tokens=raw.get("completion_tokens") or 0,
-        timings=timings,
-    )
+from .chunks import chunks_read
+from .types import LLMError, StreamItem
 
 
 def _error_from(exc: Exception) -> LLMError:
@@ -172,10 +115,6 @@ class GroqChatModel:
         Closing this generator (or cancelling the task iterating it) leaves the
         `async with` blocks, which closes the upstream HTTP stream at once.
         """
-        merger = ToolCallMerger()
-        usage = Usage()
-        finish_reason: str | None = None
-        request_id: str | None = None
         options: dict[str, Any] = {"model": model or self.model, "messages": messages, "stream": True}
         if tools:
             options["tools"] = tools
@@ -197,56 +136,14 @@ class GroqChatModel:
                     raise LLMError(
                         "llm_unavailable", "The model service took too long to send the first token."
                     ) from None
-                reads = aiter(response.aiter_bytes())
-                decoder = SSEDecoder()
-                answered = False
-                while not decoder.done:
-                    # Until the first text or tool call: what is left of the first-token
-                    # budget (from the request); after it: the gap allowed between reads.
-                    wait = self.token_timeout if answered else max(0.0, first_deadline - loop.time())
-                    last = False
-                    try:
-                        async with asyncio.timeout(wait):
-                            data = await anext(reads)
-                    except StopAsyncIteration:
-                        data, last = b"", True
-                    except TimeoutError:
-                        what = "the next token" if answered else "the first token"
-                        raise LLMError("llm_unavailable", f"The model service took too long to send {what}.") from None
-                    for chunk in decoder.feed(data, last=last):
-                        x_groq = chunk.get("x_groq")
-                        if isinstance(x_groq, dict):
-                            request_id = x_groq.get("id") or request_id
-                            if isinstance(x_groq.get("usage"), dict):
-                                usage = _usage_from(x_groq["usage"])
-                        choices = chunk.get("choices")
-                        if not choices:
-                            continue
-                        choice = choices[0]
-                        delta = choice.get("delta") or {}
-                        if delta.get("content"):
-                            answered = True
-                            yield TextDelta(delta["content"])
-                        for call_delta in delta.get("tool_calls") or ():
-                            answered = True
-                            merger.add(call_delta)
-                        if choice.get("finish_reason"):
-                            finish_reason = choice["finish_reason"]
-                    if last:
-                        break
-                if not finish_reason:
-                    # A body that ended without [DONE] was cut short, unless the reply was
-                    # whole (it has its finish reason): then only the end marker is missing.
-                    decoder.end()
+                items = chunks_read(
+                    aiter(response.aiter_bytes()), first_deadline=first_deadline, token_timeout=self.token_timeout
+                )
+                stack.push_async_callback(items.aclose)
+                async for item in items:
+                    yield item
         except (groq.APIError, httpx.HTTPError) as exc:
             raise _error_from(exc) from exc
-        except (StreamErrorEvent, ValueError) as exc:
-            # An error event mid-stream, or a chunk that is not JSON.
-            raise LLMError("llm_unavailable", "The model service failed mid-reply.") from exc
-        for call in merger.calls():
-            yield call
-        yield usage
-        yield Finish(reason=finish_reason, request_id=request_id)
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None

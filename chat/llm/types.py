@@ -38,7 +38,16 @@ class Finish:
     request_id: str | None = None
 
 
-StreamItem = TextDelta | ToolCall | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """The main model failed before its reply began (`reason`, an error code): `model` answers instead."""
+
+    model: str
+    replaced: str
+    reason: str
+
+
+StreamItem = TextDelta | ToolCall | Usage | Finish | Fallback
 
 
 class LLMError(Exception):

@@ -1,0 +1,140 @@
+"""The chunks of an OpenAI-format chat-completions stream, read into plain stream items.
+
+Groq and every OpenAI-compatible server stream the same shape: SSE events of
+JSON chunks whose `choices[0].delta` holds text or tool-call pieces, a
+`finish_reason`, and the usage in the last chunk (`x_groq.usage` on Groq,
+top-level `usage` elsewhere). The providers differ only in how the request
+is sent and how its failures look; both read the body here.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .sse import SSEDecoder, StreamErrorEvent
+from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
+
+
+@dataclass
+class _PendingCall:
+    call_id: str
+    name: str
+    arguments: str
+
+
+class ToolCallMerger:
+    """Rebuild whole tool calls from streamed deltas.
+
+    Deltas are merged by `index`; a new `id` at an index already in use starts
+    a new call. This covers Groq's usual shape (each call whole in one delta),
+    several calls in one delta, and arguments split across deltas.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[_PendingCall] = []
+        self._by_index: dict[int, _PendingCall] = {}
+
+    def add(self, delta: dict[str, Any]) -> None:
+        """Fold one entry of a chunk's `delta.tool_calls` into the calls."""
+        function = delta.get("function") or {}
+        index, call_id = delta.get("index", 0), delta.get("id")
+        current = self._by_index.get(index)
+        if current is None or (call_id and current.call_id and call_id != current.call_id):
+            current = _PendingCall(call_id=call_id or "", name="", arguments="")
+            self._calls.append(current)
+            self._by_index[index] = current
+        elif call_id and not current.call_id:
+            current.call_id = call_id
+        if function.get("name") and not current.name:
+            current.name = function["name"]
+        if function.get("arguments"):
+            current.arguments += function["arguments"]
+
+    def calls(self) -> list[ToolCall]:
+        """Return the merged calls in the order they started."""
+        return [
+            ToolCall(call_id=call.call_id or f"call_{n}", name=call.name, arguments=call.arguments or "{}")
+            for n, call in enumerate(self._calls)
+        ]
+
+
+def usage_from(raw: dict[str, Any]) -> Usage:
+    """Return the token usage (and Groq's timings, when given) of a usage object."""
+    timings = {
+        name: float(value)
+        for name in ("queue_time", "prompt_time", "completion_time", "total_time")
+        if isinstance(value := raw.get(name), int | float)
+    }
+    return Usage(
+        prompt_tokens=raw.get("prompt_tokens") or 0,
+        completion_tokens=raw.get("completion_tokens") or 0,
+        timings=timings,
+    )
+
+
+async def chunks_read(
+    reads: AsyncIterator[bytes], *, first_deadline: float, token_timeout: float
+) -> AsyncIterator[StreamItem]:
+    """Yield text deltas as they arrive from the body's reads, then the merged tool calls, usage and finish.
+
+    Until the first text or tool call the reads may take until `first_deadline`
+    (the loop's clock, counted from the request); after it, `token_timeout`
+    between two reads. Either overrun is `llm_unavailable`, as is an error
+    event mid-stream, a chunk that is not JSON, or a body cut short. Transport
+    errors of `reads` pass through for the provider to map.
+    """
+    loop = asyncio.get_running_loop()
+    merger = ToolCallMerger()
+    usage = Usage()
+    finish_reason: str | None = None
+    request_id: str | None = None
+    decoder = SSEDecoder()
+    answered = False
+    try:
+        while not decoder.done:
+            wait = token_timeout if answered else max(0.0, first_deadline - loop.time())
+            last = False
+            try:
+                async with asyncio.timeout(wait):
+                    data = await anext(reads)
+            except StopAsyncIteration:
+                data, last = b"", True
+            except TimeoutError:
+                what = "the next token" if answered else "the first token"
+                raise LLMError("llm_unavailable", f"The model service took too long to send {what}.") from None
+            for chunk in decoder.feed(data, last=last):
+                x_groq = chunk.get("x_groq")
+                if isinstance(x_groq, dict):
+                    request_id = x_groq.get("id") or request_id
+                    if isinstance(x_groq.get("usage"), dict):
+                        usage = usage_from(x_groq["usage"])
+                elif isinstance(chunk.get("usage"), dict):
+                    usage = usage_from(chunk["usage"])
+                    request_id = request_id or chunk.get("id")
+                choices = chunk.get("choices")
+                if not choices:
+                    continue
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    answered = True
+                    yield TextDelta(delta["content"])
+                for call_delta in delta.get("tool_calls") or ():
+                    answered = True
+                    merger.add(call_delta)
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+            if last:
+                break
+        if not finish_reason:
+            # A body that ended without [DONE] was cut short, unless the reply was
+            # whole (it has its finish reason): then only the end marker is missing.
+            decoder.end()
+    except (StreamErrorEvent, ValueError) as exc:
+        # An error event mid-stream, or a chunk that is not JSON.
+        raise LLMError("llm_unavailable", "The model service failed mid-reply.") from exc
+    for call in merger.calls():
+        yield call
+    yield usage
+    yield Finish(reason=finish_reason, request_id=request_id)
