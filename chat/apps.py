@@ -6,3 +6,9 @@ class ChatConfig(AppConfig):
 
     name = "chat"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Start exporting traces when an OTLP endpoint is set (every process: daphne, the worker)."""
+        from .tracing import tracing_start
+
+        tracing_start()

@@ -25,6 +25,7 @@ from audit import services as audit_services
 from audit.costs import cost_usd
 from audit.models import EventType
 
+from . import tracing
 from .context import CHARS_PER_TOKEN, last_turn_used_tools, messages_build, tokens_estimate, window_cut
 from .database import database_async
 from .limits import token_budget_charge
@@ -172,6 +173,16 @@ def _tool_result_frame(call: ToolCall, outcome: ToolOutcome) -> dict[str, Any]:
     }
 
 
+async def _tool_run_traced(call: ToolCall, context: ToolContext) -> ToolOutcome:
+    """Run one tool call inside its `execute_tool` span."""
+    with tracing.tool_span(
+        name=call.name, call_id=call.call_id, session_id=context.session_id, arguments=call.arguments
+    ) as span:
+        outcome = await tool_run(name=call.name, arguments=call.arguments, context=context)
+        tracing.tool_end(span, ok=outcome.ok, result=outcome.result)
+    return outcome
+
+
 async def _tools_round(
     *,
     context: ToolContext,
@@ -200,7 +211,7 @@ async def _tools_round(
             content=call.name,
             data={"call_id": call.call_id, "name": call.name, "arguments": frame["arguments"]},
         )
-    outcomes = await asyncio.gather(*(tool_run(name=c.name, arguments=c.arguments, context=context) for c in calls))
+    outcomes = await asyncio.gather(*(_tool_run_traced(call, context) for call in calls))
     for call, outcome in zip(calls, outcomes, strict=True):
         # A name the model made up is counted as "unknown", so the metric's labels stay few.
         metrics.tool_called(tool=call.name if tool_get(call.name) else "unknown", ok=outcome.ok)
@@ -267,35 +278,51 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
         reply.rounds += 1
         calls: list[ToolCall] = []
         round_parts: list[str] = []
-        stream = model.stream(
-            messages=messages,
-            tools=offered,
+        with tracing.model_call_span(
+            mode=model.mode,
             model=strategy.model,
+            session_id=session_id,
+            messages=messages,
             temperature=strategy.temperature,
-            max_tokens=strategy.max_tokens,
-        )
-        usage_came = False
-        try:
-            async for item in stream:
-                if isinstance(item, TextDelta):
-                    reply.add_text(item.text)
-                    round_parts.append(item.text)
-                    await emit({"type": "token", "content": item.text})
-                elif isinstance(item, ToolCall):
-                    calls.append(item)
-                elif isinstance(item, Usage):
-                    usage_came = True
-                    reply.add_usage(item)
-                elif isinstance(item, Finish):
-                    reply.finish_reason = item.reason
-                    if item.request_id:
-                        reply.request_ids.append(item.request_id)
-                elif isinstance(item, Fallback):
-                    reply.fallback = {"model": item.model, "replaced": item.replaced, "reason": item.reason}
-                    await emit({"type": "model_fallback", **reply.fallback})
-        finally:
-            if not usage_came:
-                reply.estimate_round(messages=messages, text="".join(round_parts), calls=calls)
+        ) as span:
+            stream = model.stream(
+                messages=messages,
+                tools=offered,
+                model=strategy.model,
+                temperature=strategy.temperature,
+                max_tokens=strategy.max_tokens,
+            )
+            round_usage: Usage | None = None
+            try:
+                async for item in stream:
+                    if isinstance(item, TextDelta):
+                        reply.add_text(item.text)
+                        round_parts.append(item.text)
+                        await emit({"type": "token", "content": item.text})
+                    elif isinstance(item, ToolCall):
+                        calls.append(item)
+                    elif isinstance(item, Usage):
+                        round_usage = item
+                        reply.add_usage(item)
+                    elif isinstance(item, Finish):
+                        reply.finish_reason = item.reason
+                        if item.request_id:
+                            reply.request_ids.append(item.request_id)
+                    elif isinstance(item, Fallback):
+                        reply.fallback = {"model": item.model, "replaced": item.replaced, "reason": item.reason}
+                        await emit({"type": "model_fallback", **reply.fallback})
+            finally:
+                if round_usage is None:
+                    reply.estimate_round(messages=messages, text="".join(round_parts), calls=calls)
+            tracing.model_call_end(
+                span,
+                finish_reason=reply.finish_reason,
+                input_tokens=round_usage.prompt_tokens if round_usage else None,
+                output_tokens=round_usage.completion_tokens if round_usage else None,
+                text="".join(round_parts),
+                calls=calls,
+                answered_by=reply.answered_by(model),
+            )
         if not calls:
             return
         if not offered:

@@ -331,6 +331,10 @@ CHAT_FOLLOW_SILENCE_SECONDS = env.float("CHAT_FOLLOW_SILENCE_SECONDS", default=2
 # prometheus-client itself) adds up several processes' figures.
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Traces (chat/tracing.py) are on when OTEL_EXPORTER_OTLP_ENDPOINT is set (read by
+# OpenTelemetry itself); message text, tool arguments and results go on the spans
+# only with this on.
+TRACE_MESSAGE_CONTENT = env.bool("TRACE_MESSAGE_CONTENT", default=False)
 
 # One handler, on the root logger: daphne's own logging setup then adds none
 # (every line was printed twice), and Celery's worker replaces it with its own.
