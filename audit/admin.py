@@ -4,6 +4,7 @@ import csv
 import json
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django import forms
 from django.contrib import admin
@@ -25,6 +26,11 @@ from .selectors import sessions_text_match
 from .timeline import timeline_page
 
 
+def _same(fields: Any) -> list[str]:
+    """The fields, read-only: every one shown is one a staff member may not change."""
+    return list(fields)
+
+
 class ReadOnlyMixin:
     """The record is written by the chat only; staff may view it, never change it here."""
 
@@ -42,7 +48,7 @@ class SummaryInline(ReadOnlyMixin, admin.StackedInline):
     model = Summary
     extra = 0  # no blank form for a session that has no summary yet
     fields = ["status", "title", "text", "key_topics", "action_items", "sentiment", "model", "updated_at", "error"]
-    readonly_fields = fields
+    readonly_fields = _same(fields)
     can_delete = False
 
 
@@ -184,14 +190,15 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "completion_tokens",
         "cost_usd",
     ]
-    readonly_fields = fields
+    readonly_fields = _same(fields)
 
     def changelist_view(self, request, extra_context=None):
         """Show what the listed sessions (as filtered: by user, by day...) add up to, above the list."""
         response = super().changelist_view(request, extra_context)
-        changelist = getattr(response, "context_data", {}).get("cl")
+        context = getattr(response, "context_data", None) or {}
+        changelist = context.get("cl")
         if changelist is not None:
-            response.context_data["totals"] = changelist.queryset.aggregate(
+            context["totals"] = changelist.queryset.aggregate(
                 sessions=Count("id"),
                 turns=Coalesce(Sum("turn_count"), 0),
                 tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
@@ -232,7 +239,7 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="owner")
     def owner(self, session: ChatSession) -> str:
-        if session.user_id:
+        if session.user is not None:
             return session.user.get_username()
         return f"anonymous {session.anon_key[:8]}" if session.anon_key else "anonymous"
 
@@ -252,7 +259,7 @@ class ReportPeriodForm(forms.Form):
     last_day = forms.DateField(help_text="YYYY-MM-DD, included")
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if cleaned.get("first_day") and cleaned.get("last_day") and cleaned["first_day"] > cleaned["last_day"]:
             raise forms.ValidationError("The first day must not come after the last day.")
         return cleaned
@@ -309,7 +316,7 @@ class ReportAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ["kind"]
     date_hierarchy = "period_start"
     fields = ["kind", "period_start", "period_end", "created_at", "download", "figures_table"]
-    readonly_fields = fields
+    readonly_fields = _same(fields)
 
     @admin.display(description="sessions")
     def sessions(self, report: Report) -> int:

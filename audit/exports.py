@@ -120,6 +120,6 @@ def sessions_csv_stream(session_ids: Iterable[UUID]) -> Iterator[str]:
 
 
 def _owner(session: ChatSession) -> str:
-    if session.user_id:
+    if session.user is not None:
         return session.user.get_username()
     return f"anonymous:{session.anon_key[:8]}" if session.anon_key else "anonymous"

@@ -95,7 +95,11 @@ def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
         errors=Coalesce(Sum("error_count"), 0),
     )
     totals["messages"] = events.filter(type__in=[EventType.USER_MESSAGE, EventType.ASSISTANT_MESSAGE]).count()
-    durations = sorted(sessions.filter(duration_seconds__isnull=False).values_list("duration_seconds", flat=True))
+    durations = sorted(
+        value
+        for value in sessions.filter(duration_seconds__isnull=False).values_list("duration_seconds", flat=True)
+        if value is not None
+    )
     ttfts = sorted(
         value
         for value in events.filter(type=EventType.ASSISTANT_MESSAGE).values_list("data__ttft_ms", flat=True)

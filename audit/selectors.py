@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from django.db import connection
@@ -59,8 +60,8 @@ def session_history(*, session_id: UUID, before: datetime | None = None) -> list
     rows = events.order_by("seq").values_list("type", "content", "created_at", "data__turn_id")
     history: list[dict] = []
     for kind, content, created_at, turn_id in rows:
-        item = {"role": "user" if kind == EventType.USER_MESSAGE else "assistant", "content": content}
-        item["created_at"] = created_at.isoformat()
+        item: dict[str, Any] = {"role": "user" if kind == EventType.USER_MESSAGE else "assistant"}
+        item.update(content=content, created_at=created_at.isoformat())
         if kind == EventType.ASSISTANT_MESSAGE and turn_id:
             item["turn_id"] = turn_id
         history.append(item)

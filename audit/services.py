@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -50,7 +50,8 @@ def _insert_sql(model: type[models.Model], vendor: str, suffix: str) -> tuple[st
     The fields are the model's columns less those the database fills (an auto-increment id).
     """
     meta = model._meta
-    fields = [field for field in meta.concrete_fields if not field.db_returning]
+    # (db_returning: set on the fields the database fills; not in django-stubs.)
+    fields = [field for field in meta.concrete_fields if not getattr(field, "db_returning", False)]
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     placeholders = ", ".join(["%s"] * len(fields))
     sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES ({placeholders}) {suffix}"
@@ -339,7 +340,10 @@ def event_record(
             live.filter(seq__gte=last).update(superseded=True)
             data["supersedes"] = last
     event = Event(session_id=session_id, seq=next_seq - 1, type=type, content=content, data=data, created_at=now)
-    (event.pk,) = _insert(event, f"RETURNING {_column(Event._meta, 'id')}")
+    row = _insert(event, f"RETURNING {_column(Event._meta, 'id')}")
+    if row is None:
+        raise DatabaseError("the event's INSERT returned no id")
+    (event.pk,) = row
     return event
 
 
@@ -539,7 +543,7 @@ def turn_release(
     """
     if reply_missing:
         turn_orphan_close(session_id=session_id, stop_reason="not_recorded")
-    released = {"turn_started_at": None, "turn_lease": None, "turn_owner": ""}
+    released: dict[str, Any] = {"turn_started_at": None, "turn_lease": None, "turn_owner": ""}
     if frame_seq is not None:
         released["frame_seq"] = frame_seq
     ChatSession.objects.filter(pk=session_id, turn_lease=lease_id).update(**released)

@@ -3,6 +3,7 @@
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from uuid import UUID
 
 from celery import shared_task
 from django.conf import settings
@@ -25,11 +26,11 @@ SUMMARY_MAX_RETRIES = 5
 def session_summarize(self, session_id: str) -> bool:
     """Write the session's summary; retry with backoff when the model fails, then mark it failed."""
     try:
-        stored = summary_generate(session_id=session_id)
+        stored = summary_generate(session_id=UUID(session_id))
     except (LLMError, SummaryInvalid) as exc:
         if self.request.retries >= self.max_retries:
             logger.warning("summary of session %s failed for good: %s", session_id, exc)
-            services.summary_mark_failed(session_id=session_id, error=str(exc))
+            services.summary_mark_failed(session_id=UUID(session_id), error=str(exc))
             metrics.summary_task_ended("failed")
             return False
         metrics.summary_task_ended("retried")

@@ -92,5 +92,6 @@ def timeline_page(*, session_id: UUID, number: Any) -> Page:
     """Return one page of the session's events, in order, as timeline rows."""
     events = Event.objects.filter(session_id=session_id).order_by("seq")
     page = Paginator(events, TIMELINE_PAGE_SIZE).get_page(number)
-    page.object_list = [_row(event) for event in page.object_list]
+    rows: Any = [_row(event) for event in page.object_list]
+    page.object_list = rows
     return page

@@ -61,7 +61,10 @@ def session_detail(request: HttpRequest, session_id: UUID) -> HttpResponse:
     if isinstance(title, JsonResponse):
         return title
     services.session_rename(session_id=session_id, title=title)
-    return JsonResponse(session_as_json(selectors.session_get(session_id=session_id)))
+    renamed = selectors.session_get(session_id=session_id)
+    if renamed is None:
+        raise Http404("No such session.")
+    return JsonResponse(session_as_json(renamed))
 
 
 def _title_parse(body: bytes) -> str | JsonResponse:

@@ -378,7 +378,9 @@ class SessionConsumer(ConnectionKeepingConsumer):
             await self.error("internal", "The frame could not be handled; try again.")
 
     async def _frame_handle(self, text_data: str | None, bytes_data: bytes | None) -> None:
-        """Decode one frame and do what it asks."""
+        """Decode one frame and do what it asks (nothing on a socket refused at connect, being closed)."""
+        if self.session_id is None:
+            return
         try:
             frame = frame_parse(text=text_data, binary=bytes_data, max_chars=settings.CHAT_MAX_MESSAGE_CHARS)
         except FrameError as exc:
@@ -399,7 +401,7 @@ class SessionConsumer(ConnectionKeepingConsumer):
         """Record the visitor's rating of a reply of this session (and their comment); say it was saved."""
         try:
             await feedback_record(
-                session_id=self.session_id, turn_id=frame.turn_id, rating=frame.rating, comment=frame.content
+                session_id=self._joined()[0], turn_id=frame.turn_id, rating=frame.rating, comment=frame.content
             )
         except services.ReplyNotFound:
             await self.error("invalid_message", "No reply of this session has that turn_id.")
@@ -409,20 +411,28 @@ class SessionConsumer(ConnectionKeepingConsumer):
             return
         await self.emit({"type": "feedback_saved", "turn_id": frame.turn_id, "rating": frame.rating})
 
+    def _joined(self) -> tuple[UUID, UUID]:
+        """Return the session and the lease of this socket, which frames are handled only after."""
+        if self.session_id is None or self.lease_id is None:
+            raise RuntimeError("the socket has not joined its session")
+        return self.session_id, self.lease_id
+
     async def _stop(self) -> None:
         """Stop the session's running reply, wherever it runs; nothing to stop is not an error."""
-        if hub().turn_stop_local(self.session_id):
+        session_id, _ = self._joined()
+        if hub().turn_stop_local(session_id):
             return
-        owner = self.following or next(iter(self._asked), "") or await turn_owner(session_id=self.session_id)
+        owner = self.following or next(iter(self._asked), "") or await turn_owner(session_id=session_id)
         if owner and owner != hub().channel:
-            await hub().request_send(owner, {"type": "turn.stop", "session_id": str(self.session_id)})
+            await hub().request_send(owner, {"type": "turn.stop", "session_id": str(session_id)})
 
     async def _resend(self, kind: str, content: str) -> None:
         """Regenerate the last reply, or replace the last message with `content` (edit), as a new turn."""
-        if hub().turn_running(self.session_id):
+        session_id, _ = self._joined()
+        if hub().turn_running(session_id):
             await self.error("busy", "A reply is still being generated; wait for it or send stop.")
             return
-        last = await last_user_message(session_id=self.session_id)
+        last = await last_user_message(session_id=session_id)
         if last is None:
             await self.error("invalid_message", f"There is no message to {kind} yet; send one first.")
             return
@@ -430,7 +440,8 @@ class SessionConsumer(ConnectionKeepingConsumer):
 
     async def _message(self, content: str, resend: str = "") -> None:
         """Start a turn, unless one is running or a limit says no. `resend`: see `Turn`."""
-        if hub().turn_running(self.session_id):
+        session_id, lease_id = self._joined()
+        if hub().turn_running(session_id):
             await self.error("busy", "A reply is still being generated; wait for it or send stop.")
             return
         refusal = await limits.message_allow(visitor=self.visitor, address=self.address)
@@ -448,7 +459,7 @@ class SessionConsumer(ConnectionKeepingConsumer):
             logger.warning("could not open this process's turn channel", exc_info=True)
             owner = ""
         try:
-            claim = await turn_claim(session_id=self.session_id, lease_id=self.lease_id, owner=owner)
+            claim = await turn_claim(session_id=session_id, lease_id=lease_id, owner=owner)
         except ChatSession.DoesNotExist:
             # It was deleted as empty while this socket could not renew its lease: connecting again recreates it.
             await self._refuse_unavailable()
@@ -459,7 +470,7 @@ class SessionConsumer(ConnectionKeepingConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         except Exception:
-            logger.exception("could not claim a turn on session %s", self.session_id)
+            logger.exception("could not claim a turn on session %s", session_id)
             await self.error("internal", "The message could not be accepted; try again.")
             return
         if claim is None:
@@ -467,10 +478,10 @@ class SessionConsumer(ConnectionKeepingConsumer):
             return
         base = claim.base
         # No await from here to turn_start: a stream is never left without its turn.
-        stream = hub().stream_open(self.session_id, base)
+        stream = hub().stream_open(session_id, base)
         turn = Turn(
-            session_id=self.session_id,
-            lease_id=self.lease_id,
+            session_id=session_id,
+            lease_id=lease_id,
             visitor=self.visitor,
             content=content,
             emit=stream.publish,
@@ -485,7 +496,7 @@ class SessionConsumer(ConnectionKeepingConsumer):
         if claim.shared:
             # Other sockets are on the session, maybe in other processes: tell them. (A socket that
             # joins later finds the turn on the session row.) One socket alone costs no message.
-            hub().turn_announce_soon(self.session_id, base)
+            hub().turn_announce_soon(session_id, base)
 
     # --- Leaving -----------------------------------------------------------------------------------
 
@@ -549,13 +560,12 @@ class SessionConsumer(ConnectionKeepingConsumer):
 
     async def _lease_drop(self) -> None:
         """Stop renewing the socket's lease and drop it, ending the session when it was the last."""
-        presence.discard(self.lease_id)
+        session_id, lease_id = self._joined()
+        presence.discard(lease_id)
         try:
-            await database_retry(
-                socket_leave, what="leave the session", session_id=self.session_id, lease_id=self.lease_id
-            )
+            await database_retry(socket_leave, what="leave the session", session_id=session_id, lease_id=lease_id)
         except Exception:
-            logger.exception("could not leave session %s; its lease will run out", self.session_id)
+            logger.exception("could not leave session %s; its lease will run out", session_id)
 
     async def emit(self, frame: dict[str, Any]) -> None:
         """Send a frame; a client already gone is not an error."""
@@ -591,15 +601,15 @@ class SessionWatchConsumer(ConnectionKeepingConsumer):
         if not (user.is_authenticated and user.is_staff):
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
-        await self.channel_layer.group_add(watch_group(self.session_id), self.channel_name)
-        self.renewing = asyncio.create_task(self._renew())
+        self.session_id = session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
+        await self.channel_layer.group_add(watch_group(session_id), self.channel_name)
+        self.renewing = asyncio.create_task(self._renew(session_id))
 
-    async def _renew(self) -> None:
+    async def _renew(self, session_id: UUID) -> None:
         """Renew the watch lease with the session's sockets, now and every WATCH_RENEW_SECONDS."""
         while True:
             await self.channel_layer.group_send(
-                session_group(self.session_id), {"type": "watch.start", "session_id": str(self.session_id)}
+                session_group(session_id), {"type": "watch.start", "session_id": str(session_id)}
             )
             await asyncio.sleep(WATCH_RENEW_SECONDS)
 

@@ -87,7 +87,12 @@ def _limiters_build(*, url: str) -> _Limiters:
         # The URI only picks redis-py over coredis and valkey here; the pool carries the address.
         uri = "async+redis+unix" + url.removeprefix("unix") if url.startswith("unix:") else "async+" + url
         storage: Storage = RedisStorage(
-            uri, implementation="redispy", key_prefix=KEY_PREFIX, wrap_exceptions=True, connection_pool=pool
+            uri,
+            implementation="redispy",
+            key_prefix=KEY_PREFIX,
+            wrap_exceptions=True,
+            # Passed on to redis-py; limits types its options as plain values.
+            connection_pool=pool,  # type: ignore[arg-type]
         )
     else:
         storage = MemoryStorage(wrap_exceptions=True)

@@ -117,6 +117,7 @@ class Stream:
         A channel that fails stops being followed; its socket notices the
         silence and asks again (see `SessionConsumer._follow_check`).
         """
+        message: dict[str, Any]
         if frame is None:
             message = {"type": "turn.following", "session_id": str(self.session_id), "owner": self.hub.channel}
         else:

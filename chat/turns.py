@@ -544,7 +544,7 @@ async def _turn_finish(
     """Send the error frame and record the reply (and the error)."""
     if error is not None:
         metrics.error_sent(error.code)
-        frame = {"type": "error", "code": error.code, "message": error.message}
+        frame: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
         if error.retry_after is not None:
             frame["retry_after"] = error.retry_after
         await emit(frame)

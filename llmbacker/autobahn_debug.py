@@ -47,5 +47,5 @@ def lazy_pformat_install() -> bool:
         logger.warning("autobahn changed: its debug messages are formatted eagerly again")
         return False
     timings.__str__ = lambda self: pprint.pformat(self._timings)
-    protocol.pformat = _Formatted
+    protocol.pformat = _Formatted  # type: ignore[assignment]  # a stand-in that formats only when printed
     return True

@@ -7,6 +7,7 @@ Every variable is listed in the README's configuration table.
 
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import environ
 from celery.schedules import crontab
@@ -159,7 +160,7 @@ CHANNEL_CAPACITY = 1000
 GC_THRESHOLD = env.int("GC_THRESHOLD", default=10_000)
 
 if REDIS_URL:
-    CHANNEL_LAYERS = {
+    CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
             # channels-redis, with a receive that waits out a Redis restart.
             "BACKEND": "chat.layers.RedisChannelLayer",

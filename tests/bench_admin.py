@@ -11,6 +11,7 @@ import argparse
 import os
 import statistics
 import time
+from datetime import timedelta
 
 import django
 
@@ -109,7 +110,7 @@ def main() -> None:
         now = timezone.now()
         timed(
             "report over the last 30 days",
-            lambda: report_figures(start=now - timezone.timedelta(days=30), end=now),
+            lambda: report_figures(start=now - timedelta(days=30), end=now),
             repeat=2,
         )
     finally:

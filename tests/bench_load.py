@@ -199,9 +199,9 @@ class Database:
     def connections(self) -> int:
         """Return how many connections to the bench database were opened so far (PostgreSQL 14+)."""
         self.conn.execute("SELECT pg_stat_clear_snapshot()")
-        return self.conn.execute(
-            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [BENCH_DATABASE]
-        ).fetchone()[0]
+        row = self.conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [BENCH_DATABASE]).fetchone()
+        assert row is not None
+        return row[0]
 
     def connections_settled(self) -> int:
         """Return the connections opened so far, once every backend has reported them.
@@ -231,16 +231,20 @@ class Database:
 
     def backends(self) -> str:
         """Return how many connections to the bench database are open now, of how many the server allows."""
-        open_now, allowed = self.conn.execute(
+        row = self.conn.execute(
             "SELECT count(*), current_setting('max_connections') FROM pg_stat_activity WHERE datname = %s",
             [BENCH_DATABASE],
         ).fetchone()
+        assert row is not None
+        open_now, allowed = row
         return f"{open_now} DB connections open (max_connections {allowed})"
 
     def sessions(self) -> tuple[int, int]:
         """Return (chat sessions recorded, chat sessions not yet ended)."""
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return conn.execute("SELECT count(*), count(*) - count(ended_at) FROM audit_chatsession").fetchone()
+            row = conn.execute("SELECT count(*), count(*) - count(ended_at) FROM audit_chatsession").fetchone()
+        assert row is not None
+        return row[0], row[1]
 
     def sessions_ended_wait(self, *, patience: float = 15) -> tuple[int, float]:
         """Wait until every chat session has ended, or none more did for `patience` s.

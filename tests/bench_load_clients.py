@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 COOKIE_NAME = "sessionid"  # Django's SESSION_COOKIE_NAME, which the project leaves as is
 MESSAGE = "Tell me a short story."
@@ -61,7 +62,7 @@ class Fleet:
         """Open a socket on a new session id, as the page does, and read its `session` frame."""
         socket = await connect(
             f"ws{self.base_url.removeprefix('http')}/ws/session/{uuid.uuid4()}/",
-            origin=self.base_url,
+            origin=Origin(self.base_url),
             additional_headers={"Cookie": f"{COOKIE_NAME}={cookie}"} if cookie else None,
             proxy=None,
             open_timeout=self.timeout,
@@ -80,6 +81,7 @@ class Fleet:
     async def _turn(self, socket: ClientConnection) -> dict[str, Any]:
         """Send one message and read its frames up to `done`; a turn fails without `done` or with an `error`."""
         started, first, tokens, errors = time.monotonic(), None, 0, []
+        failure: str | None
         try:
             await socket.send(json.dumps({"type": "message", "content": MESSAGE}))
             async with asyncio.timeout(self.timeout):

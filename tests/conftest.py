@@ -208,7 +208,7 @@ def make_visitor(transactional_db):
             return Visitor(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value, user=user)
         store = SessionStore()
         store.create()
-        return Visitor(session_key=store.session_key)
+        return Visitor(session_key=store.session_key or "")
 
     return make
 

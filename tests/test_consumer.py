@@ -40,7 +40,7 @@ def types_of(events: list[Event]) -> list[str]:
 
 async def tokens(client: ChatClient, count: int) -> list[dict]:
     """Receive frames until `count` tokens have arrived."""
-    frames = []
+    frames: list[dict] = []
     while sum(frame["type"] == "token" for frame in frames) < count:
         frames.append(await client.receive())
     return frames

@@ -8,7 +8,7 @@ import groq
 import httpx
 import pytest
 import pytest_asyncio
-from groq.types.chat import ChatCompletionChunk
+from groq.types.chat import ChatCompletion, ChatCompletionChunk
 
 from .fake_groq import (
     FakeGroq,
@@ -29,7 +29,7 @@ CLOCK_TOOL = {
         "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}},
     },
 }
-CALLS = [
+CALLS: list[tuple[str, str, dict[str, Any]]] = [
     ("call_a", "current_time", {"timezone": "Europe/Paris"}),
     ("call_b", "lookup", {"query": "fake servers", "limit": 3}),
 ]
@@ -271,9 +271,10 @@ async def test_default_json_reply_without_streaming(fake: FakeGroq, client: groq
 @pytest.mark.asyncio
 async def test_queue_is_fifo_and_falls_back_to_the_default(fake: FakeGroq, client: groq.AsyncGroq) -> None:
     fake.enqueue(json_reply("first", usage=(1, 1)), text_reply("second"))
-    messages = [{"role": "user", "content": "x"}]
+    messages: Any = [{"role": "user", "content": "x"}]
 
     completion = await client.chat.completions.create(model=MODEL, messages=messages, stream=False)
+    assert isinstance(completion, ChatCompletion)
     assert completion.choices[0].message.content == "first"
     assert completion.usage is not None and completion.usage.total_tokens == 2
     assert "".join(texts(await stream_chunks(client))) == "second"

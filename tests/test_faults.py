@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from .conftest import ARTIFACTS, REPO, daphne_start, free_port, process_stop, subprocess_env, visitor_cookie
 
@@ -57,6 +58,7 @@ class Stack:
 
     def kill(self) -> None:
         """Kill daphne at once, as a crash would: no cleanup runs."""
+        assert self.process is not None, "the stack was not started"
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
@@ -81,7 +83,7 @@ class Stack:
         session_id = session_id or uuid.uuid4()
         socket = await connect(
             f"ws://127.0.0.1:{self.port}/ws/session/{session_id}/",
-            origin=f"http://127.0.0.1:{self.port}",
+            origin=Origin(f"http://127.0.0.1:{self.port}"),
             additional_headers={"Cookie": cookie} if cookie else None,
             open_timeout=15,
         )

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -176,7 +177,7 @@ async def test_a_turn_claimed_by_a_vanished_socket_is_taken_over(avisitor, fake_
     crashed_lease = timezone.now()
 
     @sync_to_async
-    def crash_mid_turn() -> None:
+    def crash_mid_turn() -> uuid.UUID:
         lease = SocketLease.objects.create(
             session_id=client.session_id, visitor="anon:gone", expires_at=crashed_lease + timedelta(seconds=30)
         )

@@ -11,6 +11,7 @@ from urllib.request import Request, urlopen
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
+from websockets.typing import Origin
 
 from audit.costs import cost_usd
 
@@ -69,7 +70,7 @@ async def chat_with_tool(base_url: str, cookie: str) -> tuple[dict, list[dict], 
     port = base_url.rsplit(":", 1)[1]
     async with connect(
         f"ws://127.0.0.1:{port}/ws/session/{uuid.uuid4()}/",
-        origin=base_url,
+        origin=Origin(base_url),
         additional_headers={"Cookie": cookie},
         open_timeout=15,
     ) as ws:

@@ -41,7 +41,7 @@ async def until_turn_over(session_id, timeout: float = 15) -> ChatSession:
 
 
 async def frames_until_tokens(client: ChatClient, count: int) -> list[dict]:
-    frames = []
+    frames: list[dict] = []
     while sum(frame["type"] == "token" for frame in frames) < count:
         frames.append(await client.receive())
     return frames

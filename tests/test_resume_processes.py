@@ -13,6 +13,7 @@ from unittest.mock import ANY
 import pytest
 from asgiref.sync import sync_to_async
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from audit.models import Event, EventType, Summary
 
@@ -88,7 +89,7 @@ class Socket:
         query = f"?after={after}" if after is not None else ""
         ws = await connect(
             f"ws://127.0.0.1:{port}/ws/session/{session_id}/{query}",
-            origin=f"http://127.0.0.1:{port}",
+            origin=Origin(f"http://127.0.0.1:{port}"),
             additional_headers={"Cookie": cookie},
             open_timeout=15,
         )

@@ -11,6 +11,7 @@ from urllib.request import urlopen
 import psutil
 import pytest
 from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from .conftest import ARTIFACTS, REPO, free_port, on_redis, port_wait, service_missing, subprocess_env, visitor_cookie
 
@@ -42,7 +43,7 @@ def one_turn(port: int, cookie: str) -> str:
     """Chat one turn over a socket of the served app; return the reply's text."""
     with connect(
         f"ws://127.0.0.1:{port}/ws/session/{uuid.uuid4()}/",
-        origin=f"http://127.0.0.1:{port}",
+        origin=Origin(f"http://127.0.0.1:{port}"),
         additional_headers={"Cookie": cookie},
         open_timeout=15,
     ) as socket:

@@ -11,7 +11,7 @@ def events_of(*reads: bytes) -> list:
     Raises what the decoder raises (StreamCutShort for a body without `[DONE]`).
     """
     decoder = SSEDecoder()
-    seen = []
+    seen: list = []
     for data in reads:
         seen.extend(decoder.feed(data))
         if decoder.done:

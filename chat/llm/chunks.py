@@ -8,7 +8,7 @@ is sent and how its failures look; both read the body here.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ def usage_from(raw: dict[str, Any]) -> Usage:
 
 async def chunks_read(
     reads: AsyncIterator[bytes], *, first_deadline: float, token_timeout: float
-) -> AsyncIterator[StreamItem]:
+) -> AsyncGenerator[StreamItem, None]:
     """Yield text deltas as they arrive from the body's reads, then the merged tool calls, usage and finish.
 
     Until the first text or tool call the reads may take until `first_deadline`

@@ -5,7 +5,7 @@ import contextlib
 import re
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import groq
 import httpx
@@ -160,10 +160,11 @@ class GroqChatModel:
             name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "answer"))[:64]
             response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
         try:
+            # Plain dicts where the SDK's signature names its TypedDicts: the same JSON.
             completion = await self._client_shared().chat.completions.create(
                 model=model or self.model,
-                messages=messages,
-                response_format=response_format,
+                messages=cast(Any, messages),
+                response_format=cast(Any, response_format),
                 temperature=0.2,
             )
         except groq.BadRequestError as exc:

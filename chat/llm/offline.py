@@ -51,7 +51,7 @@ _NOT_PLACES = frozenset("center central east eastern general knox midway north r
 @cache
 def _places() -> dict[str, str]:
     """Map a place's name ("tokyo", "new york") to its IANA zone, from the zones this machine knows."""
-    places = {}
+    places: dict[str, str] = {}
     for zone in sorted(zoneinfo.available_timezones()):
         parts = zone.split("/")
         name = parts[-1].replace("_", " ").lower()

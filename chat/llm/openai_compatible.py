@@ -157,8 +157,8 @@ class OpenAICompatibleChatModel:
         if schema is not None:
             name = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(schema.get("title") or "answer"))[:64]
             response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
-        body = {"model": model or self.model, "messages": messages, "response_format": response_format}
-        body["temperature"] = 0.2
+        body: dict[str, Any] = {"model": model or self.model, "messages": messages, "temperature": 0.2}
+        body["response_format"] = response_format
         try:
             response = await self._send(body, stream=False)
             payload = response.json()
