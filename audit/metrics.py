@@ -93,21 +93,21 @@ def turn_finished(
     model: str,
     first_token_seconds_: float | None,
     seconds: float,
-    prompt_tokens: int,
-    completion_tokens: int,
+    tokens_by_model: dict[str, tuple[int, int]],
     cost_usd: float | None = None,
 ) -> None:
-    """Count a turn ended, its latencies, its tokens and its cost."""
+    """Count a turn ended, its latencies, its tokens (prompt, completion) by the model that used them, its cost."""
 
     def count() -> None:
         turns_finished.labels(outcome).inc()
         if first_token_seconds_ is not None:
             first_token_seconds.labels(model).observe(first_token_seconds_)
         turn_seconds.labels(model).observe(seconds)
-        if prompt_tokens:
-            llm_tokens.labels(model, "input").inc(prompt_tokens)
-        if completion_tokens:
-            llm_tokens.labels(model, "output").inc(completion_tokens)
+        for used_by, (prompt_tokens, completion_tokens) in tokens_by_model.items():
+            if prompt_tokens:
+                llm_tokens.labels(used_by, "input").inc(prompt_tokens)
+            if completion_tokens:
+                llm_tokens.labels(used_by, "output").inc(completion_tokens)
         if cost_usd:
             llm_cost.labels(model).inc(cost_usd)
 

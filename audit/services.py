@@ -359,6 +359,7 @@ class FeedbackLimitReached(Exception):
 FEEDBACK_PER_REPLY = 10
 
 
+@transaction.atomic
 def feedback_record(*, session_id: UUID, turn_id: str, rating: str, comment: str = "") -> Event:
     """Record a visitor's rating of a reply ("up" or "down") and their comment, as a `system` event.
 
@@ -375,6 +376,8 @@ def feedback_record(*, session_id: UUID, turn_id: str, rating: str, comment: str
     )
     if reply is None:
         raise ReplyNotFound(turn_id)
+    # The session row's lock first: two ratings at once are counted one after the other.
+    ChatSession.objects.select_for_update().filter(pk=session_id).values_list("pk", flat=True).first()
     given = Event.objects.filter(
         session_id=session_id, type=EventType.SYSTEM, data__kind=FEEDBACK, data__turn_id=turn_id
     ).count()

@@ -398,16 +398,21 @@ class SessionConsumer(ConnectionKeepingConsumer):
             await self._resend(frame.kind, frame.content)
 
     async def _feedback(self, frame: ClientFrame) -> None:
-        """Record the visitor's rating of a reply of this session (and their comment); say it was saved."""
+        """Record the visitor's rating of a reply of this session (and their comment); say it was saved.
+
+        A refusal's error frame says what it is about (`"about": "feedback"` and
+        the `turn_id`), so a client does not take it for its running turn's.
+        """
+        about = {"about": "feedback", "turn_id": frame.turn_id}
         try:
             await feedback_record(
                 session_id=self._joined()[0], turn_id=frame.turn_id, rating=frame.rating, comment=frame.content
             )
         except services.ReplyNotFound:
-            await self.error("invalid_message", "No reply of this session has that turn_id.")
+            await self.error("invalid_message", "No reply of this session has that turn_id.", **about)
             return
         except services.FeedbackLimitReached:
-            await self.error("rate_limited", "This reply was rated too many times.")
+            await self.error("rate_limited", "This reply was rated too many times.", **about)
             return
         await self.emit({"type": "feedback_saved", "turn_id": frame.turn_id, "rating": frame.rating})
 
@@ -577,10 +582,10 @@ class SessionConsumer(ConnectionKeepingConsumer):
         except Exception:
             logger.debug("could not send a %s frame to session %s", kind, self.session_id)
 
-    async def error(self, code: str, message: str) -> None:
-        """Send an error frame."""
+    async def error(self, code: str, message: str, **extra: str) -> None:
+        """Send an error frame (with `extra` fields, if any)."""
         metrics.error_sent(code)
-        await self.emit({"type": "error", "code": code, "message": message})
+        await self.emit({"type": "error", "code": code, "message": message, **extra})
 
 
 class SessionWatchConsumer(ConnectionKeepingConsumer):

@@ -14,7 +14,9 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -75,6 +77,16 @@ async def _event_record_whole(*, on_recorded: Callable[[], None] | None = None, 
         raise
 
 
+@dataclass(frozen=True)
+class Charge:
+    """The tokens one model call used, by the model that answered it."""
+
+    model: str
+    prompt: int
+    completion: int
+    estimated: bool
+
+
 @dataclass
 class Reply:
     """What the turn has produced so far."""
@@ -105,6 +117,10 @@ class Reply:
     ignored_tool_calls: list[str] = field(default_factory=list)
     # The spare model answered: {"model", "replaced", "reason"} (see chat.llm.fallback).
     fallback: dict[str, str] | None = None
+    # Each model call's tokens, by the model that answered it (for the cost).
+    charges: list[Charge] = field(default_factory=list)
+    # The model answering now (set when the turn starts; the spare's after a fallback).
+    answered_model: str = ""
 
     def add_text(self, text: str) -> None:
         if self.ttft_ms is None:
@@ -117,28 +133,59 @@ class Reply:
         for name, value in usage.timings.items():
             self.timings[name] = round(self.timings.get(name, 0.0) + value, 6)
 
-    def estimate_round(self, *, messages: list[dict[str, Any]], text: str, calls: list[ToolCall]) -> None:
-        """Charge a round whose usage never came, by estimate; a round that produced nothing is not charged."""
+    def estimate_round(self, *, messages: list[dict[str, Any]], text: str, calls: list[ToolCall]) -> Usage:
+        """Estimate the tokens of a round whose usage never came; a round that produced nothing used none."""
         if not text and not calls:
-            return
+            return Usage()
         produced = text + "".join(call.name + call.arguments for call in calls)
-        self.estimated_prompt_tokens += tokens_estimate(messages)
-        self.estimated_completion_tokens += (len(produced) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
-
-    def cost(self, model: str) -> dict[str, Any]:
-        """Return the reply's cost (USD, by LLM_PRICES; None for a model with no price), and its estimated tokens."""
-        price = cost_usd(
-            model=model,
-            prompt_tokens=self.prompt_tokens + self.estimated_prompt_tokens,
-            completion_tokens=self.completion_tokens + self.estimated_completion_tokens,
+        estimate = Usage(
+            prompt_tokens=tokens_estimate(messages),
+            completion_tokens=(len(produced) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN,
         )
-        figures: dict[str, Any] = {"cost_usd": float(price) if price is not None else None}
+        self.estimated_prompt_tokens += estimate.prompt_tokens
+        self.estimated_completion_tokens += estimate.completion_tokens
+        return estimate
+
+    def charge(self, *, model: str, usage: Usage, estimated: bool) -> None:
+        """Note a round's tokens against the model that used them (rounds may differ: a fallback)."""
+        if usage.prompt_tokens or usage.completion_tokens:
+            self.charges.append(Charge(model, usage.prompt_tokens, usage.completion_tokens, estimated))
+
+    def cost(self) -> dict[str, Any]:
+        """Return the reply's cost in USD (each round at its model's LLM_PRICES), and its estimated tokens.
+
+        `cost_usd` is None when no model used has a price; models without one
+        are listed under `unpriced_models` (their tokens are not in the cost).
+        """
+        total: Decimal | None = None
+        unpriced: list[str] = []
+        for charge in self.charges:
+            price = cost_usd(model=charge.model, prompt_tokens=charge.prompt, completion_tokens=charge.completion)
+            if price is None:
+                unpriced.append(charge.model)
+            else:
+                total = price if total is None else total + price
+        if total is None and not self.charges:
+            # Nothing used: free, if the model answering has a price at all.
+            total = cost_usd(model=self.answered_model, prompt_tokens=0, completion_tokens=0)
+        figures: dict[str, Any] = {"cost_usd": float(total) if total is not None else None}
+        if unpriced:
+            figures["unpriced_models"] = sorted(set(unpriced))
         if self.estimated_prompt_tokens or self.estimated_completion_tokens:
             figures["usage_estimated"] = {
                 "prompt_tokens": self.estimated_prompt_tokens,
                 "completion_tokens": self.estimated_completion_tokens,
             }
         return figures
+
+    def counted_by_model(self) -> dict[str, tuple[int, int]]:
+        """Return the tokens the models reported (not the estimates), by model."""
+        counted: dict[str, tuple[int, int]] = {}
+        for charge in self.charges:
+            if not charge.estimated:
+                prompt, completion = counted.get(charge.model, (0, 0))
+                counted[charge.model] = (prompt + charge.prompt, completion + charge.completion)
+        return counted
 
     def answered_by(self, model: ChatModel) -> str:
         """Return the model that answered: the spare after a fallback, else the one routing chose."""
@@ -285,35 +332,43 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
             messages=messages,
             temperature=strategy.temperature,
         ) as span:
-            stream = model.stream(
-                messages=messages,
-                tools=offered,
-                model=strategy.model,
-                temperature=strategy.temperature,
-                max_tokens=strategy.max_tokens,
+            # aclosing: a stop or a cancel closes the model's stream (its HTTP response) at once.
+            stream = aclosing(
+                model.stream(
+                    messages=messages,
+                    tools=offered,
+                    model=strategy.model,
+                    temperature=strategy.temperature,
+                    max_tokens=strategy.max_tokens,
+                )
             )
             round_usage: Usage | None = None
             try:
-                async for item in stream:
-                    if isinstance(item, TextDelta):
-                        reply.add_text(item.text)
-                        round_parts.append(item.text)
-                        await emit({"type": "token", "content": item.text})
-                    elif isinstance(item, ToolCall):
-                        calls.append(item)
-                    elif isinstance(item, Usage):
-                        round_usage = item
-                        reply.add_usage(item)
-                    elif isinstance(item, Finish):
-                        reply.finish_reason = item.reason
-                        if item.request_id:
-                            reply.request_ids.append(item.request_id)
-                    elif isinstance(item, Fallback):
-                        reply.fallback = {"model": item.model, "replaced": item.replaced, "reason": item.reason}
-                        await emit({"type": "model_fallback", **reply.fallback})
+                async with stream as items:
+                    async for item in items:
+                        if isinstance(item, TextDelta):
+                            reply.add_text(item.text)
+                            round_parts.append(item.text)
+                            await emit({"type": "token", "content": item.text})
+                        elif isinstance(item, ToolCall):
+                            calls.append(item)
+                        elif isinstance(item, Usage):
+                            round_usage = item
+                            reply.add_usage(item)
+                        elif isinstance(item, Finish):
+                            reply.finish_reason = item.reason
+                            if item.request_id:
+                                reply.request_ids.append(item.request_id)
+                        elif isinstance(item, Fallback):
+                            reply.fallback = {"model": item.model, "replaced": item.replaced, "reason": item.reason}
+                            await emit({"type": "model_fallback", **reply.fallback})
             finally:
+                reply.answered_model = reply.answered_by(model)
                 if round_usage is None:
-                    reply.estimate_round(messages=messages, text="".join(round_parts), calls=calls)
+                    estimate = reply.estimate_round(messages=messages, text="".join(round_parts), calls=calls)
+                    reply.charge(model=reply.answered_model, usage=estimate, estimated=True)
+                else:
+                    reply.charge(model=reply.answered_model, usage=round_usage, estimated=False)
             tracing.model_call_end(
                 span,
                 finish_reason=reply.finish_reason,
@@ -363,7 +418,7 @@ async def _reply_record(*, session_id: UUID, model: ChatModel, reply: Reply, out
             "tools_offered": reply.tools_offered,
             "ignored_tool_calls": reply.ignored_tool_calls,
             **({"fallback": reply.fallback} if reply.fallback else {}),
-            **reply.cost(answered_by),
+            **reply.cost(),
             **outcome,
         },
     )
@@ -454,6 +509,7 @@ async def turn_run(
     metrics.turn_started()
     reply = Reply(turn_id=uuid.uuid4().hex)
     model = chat_model_get()
+    reply.answered_model = model.model
     outcome: dict[str, Any] = {"stopped": False, "stop_reason": None}
     error: LLMError | None = None
     try:
@@ -510,9 +566,8 @@ async def turn_run(
         model=answered_by,
         first_token_seconds_=reply.ttft_ms / 1000 if reply.ttft_ms is not None else None,
         seconds=reply.elapsed_ms() / 1000,
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
-        cost_usd=reply.cost(answered_by)["cost_usd"],
+        tokens_by_model=reply.counted_by_model(),
+        cost_usd=reply.cost()["cost_usd"],
     )
     await emit(
         {

@@ -263,8 +263,8 @@ def _price(model: str, price: str) -> tuple[Decimal, Decimal]:
         prompt, completion = (Decimal(part) for part in price.split("/"))
     except (ValueError, InvalidOperation):
         raise ImproperlyConfigured(f"LLM_PRICES: {model}={price!r} is not 'input/output' USD per million") from None
-    if prompt < 0 or completion < 0:
-        raise ImproperlyConfigured(f"LLM_PRICES: {model}={price!r} has a negative price")
+    if not (prompt.is_finite() and completion.is_finite()) or prompt < 0 or completion < 0:
+        raise ImproperlyConfigured(f"LLM_PRICES: {model}={price!r} is not a price (finite, not negative)")
     return prompt, completion
 
 

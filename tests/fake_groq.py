@@ -254,20 +254,21 @@ def text_reply(
     )
 
 
-def openai_reply(text: str, *, usage: tuple[int, int] = (12, 7)) -> Reply:
+def openai_reply(text: str, *, usage: tuple[int, int] | None = (12, 7), delay: float = 0.0) -> Reply:
     """Stream `text` as an OpenAI-compatible server does: no `x_groq`; the usage in a last chunk whose
-    choices are empty (what `stream_options.include_usage` asks for)."""
+    choices are empty (what `stream_options.include_usage` asks for), or none (`usage` None)."""
 
     def events(exchange: Exchange) -> list[Event]:
         pieces = word_pieces(text)
         out: list[Event] = [
-            (0.0, exchange.chunk({"role": "assistant", "content": piece} if n == 0 else {"content": piece}))
+            (delay, exchange.chunk({"role": "assistant", "content": piece} if n == 0 else {"content": piece}))
             for n, piece in enumerate(pieces)
         ]
         out.append((0.0, exchange.chunk({}, finish="stop")))
-        last = exchange.chunk(None)
-        last["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
-        out.append((0.0, last))
+        if usage is not None:
+            last = exchange.chunk(None)
+            last["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+            out.append((0.0, last))
         return out
 
     return streamed("openai_text", events)

@@ -113,7 +113,7 @@ def test_the_admin_adds_up_the_listed_sessions_per_user(client):
     assert "These 2 sessions" in anas and "$0.7500" in anas
 
 
-@pytest.mark.parametrize("price", ["1", "a/b", "1/2/3", "-1/2"])
+@pytest.mark.parametrize("price", ["1", "a/b", "1/2/3", "-1/2", "Infinity/1", "1/NaN"])
 def test_a_malformed_price_is_refused_at_start(price):
     with pytest.raises(ImproperlyConfigured):
         _price("some-model", price)

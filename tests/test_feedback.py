@@ -62,7 +62,9 @@ async def test_a_rating_is_recorded_acknowledged_and_shown_on_resume(avisitor, f
     assert (await client.receive())["rating"] == "up"
     # A reply of no such turn, and a bad frame: an error each, and the socket lives on.
     await client.send({"type": "feedback", "turn_id": "f" * 32, "rating": "up"})
-    assert (await client.receive())["code"] == "invalid_message"
+    refused = await client.receive()
+    # Said to be about the rating, so a page does not take it for its running turn's error.
+    assert (refused["code"], refused["about"], refused["turn_id"]) == ("invalid_message", "feedback", "f" * 32)
     await client.send({"type": "feedback", "turn_id": turn_id, "rating": "sideways"})
     assert (await client.receive())["code"] == "invalid_message"
     await client.send({"type": "ping"})

@@ -1,9 +1,11 @@
 """The provider seam: the model chosen by settings, an OpenAI-compatible server, and a spare model."""
 
+import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 
@@ -13,6 +15,7 @@ from chat.llm.fallback import FallbackChatModel
 from chat.llm.groq_client import GroqChatModel
 from chat.llm.offline import OfflineChatModel
 from chat.llm.openai_compatible import OpenAICompatibleChatModel
+from chat.llm.types import retry_after_seconds
 
 from .conftest import REPO, ChatClient, events_of, text_of
 from .fake_groq import FakeGroq, cut_reply, openai_reply, status_reply, text_reply, tool_calls_reply
@@ -164,3 +167,67 @@ async def test_after_a_fallback_the_turns_tool_rounds_stay_on_the_spare(avisitor
     # (The summary written when the socket closed asks the main model again: not counted.)
     streamed = [[request for request in server.requests if request.get("stream")] for server in (main, spare)]
     assert [len(requests) for requests in streamed] == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_sends_no_usage_is_charged_by_estimate(avisitor, settings, spare):
+    settings.LLM_PROVIDER = "openai"
+    settings.LLM_PRICES = {"spare-model": (Decimal("1"), Decimal("1"))}
+    spare.enqueue(openai_reply("An answer with no usage after it.", usage=None))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    frames = await client.turn("hello")
+    await client.close()
+    assert frames[-1]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    reply = [event for event in await events_of(client.session_id) if event.type == EventType.ASSISTANT_MESSAGE][0]
+    estimated = reply.data["usage_estimated"]
+    assert estimated["completion_tokens"] == -(-len("An answer with no usage after it.") // 4)
+    assert reply.data["cost_usd"] == (estimated["prompt_tokens"] + estimated["completion_tokens"]) / 1_000_000
+
+
+@pytest.mark.asyncio
+async def test_after_a_fallback_each_round_is_charged_at_its_own_models_price(avisitor, settings, main_and_spare):
+    main, spare = main_and_spare
+    settings.LLM_PRICES = {
+        settings.GROQ_MODEL: (Decimal("1"), Decimal("10")),
+        settings.GROQ_FAST_MODEL: (Decimal("1"), Decimal("10")),
+        "spare-model": (Decimal("100"), Decimal("1000")),
+    }
+    # Round 1 on the main model (a tool call, 20 + 9 tokens); round 2's call fails, the spare answers.
+    main.enqueue(tool_calls_reply([("c1", "current_time", {"timezone": "UTC"})]), status_reply(503))
+    spare.enqueue(openai_reply("Noon.", usage=(30, 4)))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    frames = await client.turn("what time is it?")
+    await client.close()
+    assert text_of(frames) == "Noon." and frames[-1]["model"] == "spare-model"
+    reply = [event for event in await events_of(client.session_id) if event.type == EventType.ASSISTANT_MESSAGE][0]
+    assert reply.data["cost_usd"] == pytest.approx((20 * 1 + 9 * 10 + 30 * 100 + 4 * 1000) / 1_000_000)
+
+
+@pytest.mark.asyncio
+async def test_a_stop_closes_the_spares_stream_at_once(avisitor, main_and_spare):
+    main, spare = main_and_spare
+    main.enqueue(status_reply(503))
+    spare.enqueue(openai_reply(" ".join(f"w{n}" for n in range(300)), delay=0.05))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.send({"type": "message", "content": "talk slowly"})
+    while (await client.receive())["type"] != "token":
+        pass
+    await client.send({"type": "stop"})
+    await client.until("done")
+    # The spare's HTTP stream was closed by the stop, not left to run out (300 words x 50 ms).
+    assert await asyncio.to_thread(spare.wait_outcome, 0, 5) == "client_closed"
+    await client.close()
+
+
+def test_a_retry_after_that_is_not_a_usable_number_is_ignored():
+    assert [retry_after_seconds(value) for value in ("2.5", "inf", "nan", "-1", "Wed, 21 Oct 2026", None)] == [
+        2.5,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]

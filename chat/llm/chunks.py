@@ -76,7 +76,10 @@ def usage_from(raw: dict[str, Any]) -> Usage:
 async def chunks_read(
     reads: AsyncIterator[bytes], *, first_deadline: float, token_timeout: float
 ) -> AsyncGenerator[StreamItem, None]:
-    """Yield text deltas as they arrive from the body's reads, then the merged tool calls, usage and finish.
+    """Yield text deltas as they arrive from the body's reads, then the merged tool calls, the usage and finish.
+
+    The usage is yielded only when the server sent it (a server that ignores
+    `stream_options.include_usage` sends none): the caller then estimates.
 
     Until the first text or tool call the reads may take until `first_deadline`
     (the loop's clock, counted from the request); after it, `token_timeout`
@@ -86,7 +89,7 @@ async def chunks_read(
     """
     loop = asyncio.get_running_loop()
     merger = ToolCallMerger()
-    usage = Usage()
+    usage: Usage | None = None
     finish_reason: str | None = None
     request_id: str | None = None
     decoder = SSEDecoder()
@@ -136,5 +139,6 @@ async def chunks_read(
         raise LLMError("llm_unavailable", "The model service failed mid-reply.") from exc
     for call in merger.calls():
         yield call
-    yield usage
+    if usage is not None:
+        yield usage
     yield Finish(reason=finish_reason, request_id=request_id)

@@ -4,25 +4,20 @@ import asyncio
 import contextlib
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import groq
 import httpx
 
 from .chunks import chunks_read
-from .types import LLMError, StreamItem
+from .types import LLMError, StreamItem, retry_after_seconds
 
 
 def _error_from(exc: Exception) -> LLMError:
     """Map an SDK or transport failure to the error code the client sees."""
     if isinstance(exc, groq.RateLimitError):
-        retry_after = None
-        header = exc.response.headers.get("retry-after")
-        try:
-            retry_after = float(header) if header else None
-        except ValueError:
-            retry_after = None
+        retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
         return LLMError("llm_rate_limited", "The model is rate limited; try again shortly.", retry_after=retry_after)
     if isinstance(exc, groq.APIStatusError):
         return LLMError("llm_unavailable", f"The model service answered {exc.status_code}.")
@@ -109,7 +104,7 @@ class GroqChatModel:
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield text deltas as they arrive, then the merged tool calls, usage and finish.
 
         Closing this generator (or cancelling the task iterating it) leaves the

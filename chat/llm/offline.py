@@ -11,7 +11,7 @@ import re
 import uuid
 import zoneinfo
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import cache
 from typing import Any
 
@@ -161,7 +161,7 @@ class OfflineChatModel:
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield a canned reply word by word, or a tool call when one fits (the sampling options do not apply)."""
         decision = _decide(messages, tools)
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)

@@ -8,13 +8,13 @@
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
 
 from .chunks import chunks_read
-from .types import LLMError, StreamItem
+from .types import LLMError, StreamItem, retry_after_seconds
 
 # Statuses worth another try, before a byte of the reply was read.
 RETRIED = {408, 409, 429, 500, 502, 503, 504}
@@ -27,10 +27,7 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, http
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
+    return retry_after_seconds(response.headers.get("retry-after"))
 
 
 def _status_error(response: httpx.Response) -> LLMError:
@@ -44,6 +41,8 @@ def _status_error(response: httpx.Response) -> LLMError:
 def _transport_error(exc: httpx.HTTPError) -> LLMError:
     if isinstance(exc, httpx.TimeoutException):
         return LLMError("llm_unavailable", "The model service timed out.")
+    if isinstance(exc, httpx.ConnectError):
+        return LLMError("llm_unavailable", "The model service could not be reached.")
     return LLMError("llm_unavailable", "The model service failed mid-reply." if str(exc) else "The model failed.")
 
 
@@ -114,7 +113,7 @@ class OpenAICompatibleChatModel:
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield text deltas as they arrive, then the merged calls, usage and finish; closing it closes the stream."""
         body: dict[str, Any] = {
             "model": model or self.model,

@@ -1,6 +1,7 @@
 """Plain values the model layer yields, so no other code knows an SDK's shapes."""
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +51,15 @@ class Fallback:
 StreamItem = TextDelta | ToolCall | Usage | Finish | Fallback
 
 
+def retry_after_seconds(header: str | None) -> float | None:
+    """Return a Retry-After header's seconds, if it is a usable number (not an HTTP date, NaN or infinity)."""
+    try:
+        seconds = float(header or "")
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 class LLMError(Exception):
     """A model call failed; `code` is the error code sent to the client."""
 
@@ -75,7 +85,7 @@ class ChatModel(Protocol):
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield the reply as it is produced: text deltas, then tool calls, usage and finish."""
         ...
 

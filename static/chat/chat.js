@@ -532,6 +532,10 @@
   }
 
   function onError(frame) {
+    if (frame.about === "feedback") {
+      feedbackFailed(frame); // about a rating, not about the turn that may be running
+      return;
+    }
     const box = errorBuild(frame.code, frame.message, frame.retry_after);
     const own = state.pending;
     if (own && NO_TURN_ERRORS.has(frame.code)) {
@@ -633,6 +637,19 @@
 
   function onFeedbackSaved(frame) {
     feedbackShow(frame.turn_id, frame.rating);
+  }
+
+  /* A rating the server refused: say so beside the buttons, and leave the turn alone. */
+  function feedbackFailed(frame) {
+    const box = feedbackBox(frame.turn_id);
+    if (!box) return;
+    let note = box.querySelector(".feedback-note");
+    if (!note) {
+      note = elementWith("span", "feedback-note");
+      note.setAttribute("role", "status");
+      box.appendChild(note);
+    }
+    note.textContent = typeof frame.message === "string" ? frame.message : "The rating was not saved.";
   }
 
   /* ---------- regenerate and edit ---------- */
