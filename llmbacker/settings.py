@@ -225,6 +225,8 @@ if "openai" in (LLM_PROVIDER, LLM_FALLBACK_PROVIDER) and not (OPENAI_BASE_URL an
     raise ImproperlyConfigured("the openai provider needs OPENAI_BASE_URL and OPENAI_MODEL")
 
 GROQ_API_KEY = env.str("GROQ_API_KEY", default="")
+if "groq" in (LLM_PROVIDER, LLM_FALLBACK_PROVIDER) and not GROQ_API_KEY:
+    raise ImproperlyConfigured("the groq provider needs GROQ_API_KEY")
 GROQ_BASE_URL = env.str("GROQ_BASE_URL", default="") or None
 GROQ_MODEL = env.str("GROQ_MODEL", default="llama-3.3-70b-versatile")
 GROQ_FAST_MODEL = env.str("GROQ_FAST_MODEL", default="llama-3.1-8b-instant")

@@ -59,11 +59,18 @@ def test_the_model_is_chosen_by_settings_and_the_old_ones_still_work(settings, s
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("LLM_PROVIDER", "anthropic"), ("LLM_PROVIDER", "openai"), ("LLM_FALLBACK_PROVIDER", "x")]
+    ("variable", "value"),
+    [
+        ("LLM_PROVIDER", "anthropic"),
+        ("LLM_PROVIDER", "openai"),  # without OPENAI_BASE_URL
+        ("LLM_FALLBACK_PROVIDER", "x"),
+        ("LLM_FALLBACK_PROVIDER", "groq"),  # without GROQ_API_KEY
+    ],
 )
 def test_a_wrong_provider_setting_stops_the_start(variable, value):
     env = {**os.environ, "DEBUG": "true", variable: value}
     env.pop("OPENAI_BASE_URL", None)
+    env.pop("GROQ_API_KEY", None)
     started = subprocess.run(
         [sys.executable, "-c", "import llmbacker.settings"], cwd=REPO, env=env, capture_output=True, text=True
     )
