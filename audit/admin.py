@@ -5,6 +5,7 @@ import json
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
@@ -21,6 +22,7 @@ from django.utils.html import format_html
 from . import services
 from .exports import sessions_csv_stream, sessions_json_stream
 from .models import FEEDBACK, ChatSession, Event, EventType, Report, ReportKind, Summary, SummaryStatus
+from .redaction import visitor_label
 from .reports import report_build, report_rows
 from .selectors import sessions_text_match
 from .timeline import timeline_page
@@ -139,13 +141,12 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "owner",
         "title_or_id",
         "status",
-        "llm_mode",
-        "duration_seconds",
-        "turn_count",
+        "duration",
+        "turns",
         "tokens",
-        "cost_usd",
-        "tool_call_count",
-        "error_count",
+        "cost",
+        "tools",
+        "errors",
     ]
     list_filter = [
         "status",
@@ -237,11 +238,40 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def export_csv(self, request, queryset) -> StreamingHttpResponse:
         return _download(sessions_csv_stream(queryset.values_list("id", flat=True)), "csv", "text/csv")
 
+    def lookup_allowed(self, lookup: str, value: str, request=None) -> bool:
+        """Also list one anonymous visitor's sessions (`?anon_key=`, the owner column's link)."""
+        return lookup == "anon_key" or super().lookup_allowed(lookup, value, request)
+
     @admin.display(description="owner")
     def owner(self, session: ChatSession) -> str:
-        if session.user is not None:
-            return session.user.get_username()
-        return f"anonymous {session.anon_key[:8]}" if session.anon_key else "anonymous"
+        """The owner (a hash for an anonymous visitor, see visitor_label), linked to all their sessions."""
+        username = session.user.get_username() if session.user is not None else None
+        label = visitor_label(username=username, anon_key=session.anon_key)
+        if session.user_id is not None:
+            return format_html('<a href="?user__id__exact={}">{}</a>', session.user_id, label)
+        if session.anon_key:
+            return format_html('<a href="?{}">{}</a>', urlencode({"anon_key": session.anon_key}), label)
+        return label
+
+    @admin.display(description="duration", ordering="duration_seconds")
+    def duration(self, session: ChatSession) -> str:
+        return f"{session.duration_seconds:.1f} s" if session.duration_seconds is not None else "-"
+
+    @admin.display(description="turns", ordering="turn_count")
+    def turns(self, session: ChatSession) -> int:
+        return session.turn_count
+
+    @admin.display(description="cost (USD)", ordering="cost_usd")
+    def cost(self, session: ChatSession) -> str:
+        return f"{session.cost_usd:.6f}"
+
+    @admin.display(description="tools", ordering="tool_call_count")
+    def tools(self, session: ChatSession) -> int:
+        return session.tool_call_count
+
+    @admin.display(description="errors", ordering="error_count")
+    def errors(self, session: ChatSession) -> int:
+        return session.error_count
 
     @admin.display(description="title", ordering="title")
     def title_or_id(self, session: ChatSession) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from .models import ChatSession, Event, Summary, SummaryStatus
+from .redaction import visitor_label
 
 EXPORT_BATCH = 100
 CSV_COLUMNS = [
@@ -120,6 +121,5 @@ def sessions_csv_stream(session_ids: Iterable[UUID]) -> Iterator[str]:
 
 
 def _owner(session: ChatSession) -> str:
-    if session.user is not None:
-        return session.user.get_username()
-    return f"anonymous:{session.anon_key[:8]}" if session.anon_key else "anonymous"
+    username = session.user.get_username() if session.user is not None else None
+    return visitor_label(username=username, anon_key=session.anon_key)

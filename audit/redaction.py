@@ -1,7 +1,22 @@
-"""Mask e-mail addresses, phone numbers and card-like numbers in text before it is stored (opt-in)."""
+"""Mask e-mail addresses, phone numbers and card-like numbers in text before it is stored (opt-in); name visitors."""
 
+import hashlib
 import re
 from typing import Any
+
+
+def visitor_label(*, username: str | None, anon_key: str) -> str:
+    """Name who owns a session: the user, or an anonymous visitor by a hash of their key.
+
+    The key itself (the Django session key) would sign them in, so no part of
+    it is shown: the admin, the exports and the reports all use this name.
+    """
+    if username:
+        return username
+    if not anon_key:
+        return "anonymous"
+    return "anonymous " + hashlib.sha256(anon_key.encode()).hexdigest()[:10]
+
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # 13 to 19 digits, optionally grouped by spaces or dashes: the shape of a payment card number.

@@ -1,6 +1,5 @@
 """Reports: figures over a period, from aggregate queries (never a loop over sessions)."""
 
-import hashlib
 import statistics
 from collections import Counter
 from datetime import datetime
@@ -11,6 +10,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, TruncDate
 
 from .models import FEEDBACK, ChatSession, Event, EventType, Report, Summary
+from .redaction import visitor_label
 
 TOP_TOPICS = 10
 
@@ -33,13 +33,6 @@ def _usd(value: Any) -> float:
     return round(float(value or 0), 8)
 
 
-def _spender(username: str | None, anon_key: str) -> str:
-    """Name who spent: the user, or an anonymous visitor by a hash of their key (the key itself signs them in)."""
-    if username:
-        return username
-    return "anonymous " + hashlib.sha256(anon_key.encode()).hexdigest()[:10]
-
-
 def cost_figures(replies: QuerySet[Event]) -> dict[str, Any]:
     """Return what the replies cost: in all, by model, by day (UTC) and by the visitors who spent most."""
     # The key present and not JSON null (SQLite casts a null to 0, PostgreSQL to NULL).
@@ -54,7 +47,9 @@ def cost_figures(replies: QuerySet[Event]) -> dict[str, Any]:
         "cost_by_model": {row["data__model"] or "unknown": _usd(row["total"]) for row in by_model},
         "cost_by_day": {row["day"].isoformat(): _usd(row["total"]) for row in by_day},
         "cost_by_visitor": {
-            _spender(row["session__user__username"], row["session__anon_key"]): _usd(row["total"])
+            visitor_label(username=row["session__user__username"], anon_key=row["session__anon_key"]): _usd(
+                row["total"]
+            )
             for row in by_visitor[:TOP_SPENDERS]
         },
     }

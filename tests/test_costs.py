@@ -108,9 +108,13 @@ def test_the_admin_adds_up_the_listed_sessions_per_user(client):
         )
     client.force_login(staff)
     everyone = client.get("/admin/audit/chatsession/").content.decode()
-    assert "These 3 sessions" in everyone and "$4.7500" in everyone
+    assert "3 sessions listed" in everyone and "$4.750000" in everyone
     anas = client.get(f"/admin/audit/chatsession/?user__id__exact={ana.pk}").content.decode()
-    assert "These 2 sessions" in anas and "$0.7500" in anas
+    assert "2 sessions listed" in anas and "$0.750000" in anas
+    # Each owner links to their sessions, an anonymous visitor by key (named by a hash, as in the reports).
+    assert f'href="?user__id__exact={ana.pk}"' in everyone and 'href="?anon_key=visitor"' in everyone
+    visitor = client.get("/admin/audit/chatsession/?anon_key=visitor").content.decode()
+    assert "1 session listed" in visitor and "$4.000000" in visitor
 
 
 @pytest.mark.parametrize("price", ["1", "a/b", "1/2/3", "-1/2", "Infinity/1", "1/NaN"])
