@@ -285,8 +285,9 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
 class ReportPeriodForm(forms.Form):
     """A period of whole days, in UTC."""
 
-    first_day = forms.DateField(help_text="YYYY-MM-DD, included")
-    last_day = forms.DateField(help_text="YYYY-MM-DD, included")
+    # A date picker in the browser; YYYY-MM-DD typed by hand also does.
+    first_day = forms.DateField(help_text="included", widget=forms.DateInput(attrs={"type": "date"}))
+    last_day = forms.DateField(help_text="included", widget=forms.DateInput(attrs={"type": "date"}))
 
     def clean(self):
         cleaned = super().clean() or {}
@@ -321,7 +322,8 @@ class ReportAdmin(ReadOnlyMixin, admin.ModelAdmin):
         """Build (or rebuild) the report of a period chosen by staff."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        form = ReportPeriodForm(request.POST or None)
+        today = timezone.now().date().isoformat()
+        form = ReportPeriodForm(request.POST or None, initial={"first_day": today, "last_day": today})
         if request.method == "POST" and form.is_valid():
             report = report_build(start=form.start(), end=form.end(), kind=ReportKind.CUSTOM)
             self.message_user(request, f"Built {report}.")
