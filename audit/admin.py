@@ -370,4 +370,8 @@ class ReportAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="figures")
     def figures_table(self, report: Report) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(report.figures, indent=2))
+        """The figures as JSON, folded: the charts below show them first."""
+        return format_html(
+            "<details><summary>All figures (JSON)</summary><pre>{}</pre></details>",
+            json.dumps(report.figures, indent=2),
+        )
