@@ -397,7 +397,8 @@ def summary_generate(*, session_id: UUID) -> bool:
         transcript = "\n\n".join(f"Part {n}: {note}" for n, note in enumerate(notes, 1))
         transcript = f"{COMBINE_PREFIX}\n\n{transcript}"[:limit]
     answer = ask(SummaryAnswer, SUMMARY_INSTRUCTIONS, transcript)
-    fields = summary_fields(answer, model=model_name)
+    # After a fallback (chat.llm.fallback) the spare wrote it.
+    fields = summary_fields(answer, model=getattr(chat_model, "answered_by", model_name))
     stored = services.summary_save(session_id=session_id, covers_seq=covers_seq, fields=fields)
     logger.info("summary of session %s %s", session_id, "stored" if stored else "already written")
     return stored

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from audit.models import EventType
+from audit.models import EventType, Summary
 from chat.llm import TextDelta, Usage, chat_model_get
 from chat.llm.fallback import FallbackChatModel
 from chat.llm.groq_client import GroqChatModel
@@ -238,3 +238,17 @@ def test_a_retry_after_that_is_not_a_usable_number_is_ignored():
         None,
         None,
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_summary_the_spare_wrote_names_the_spare(avisitor, main_and_spare):
+    main, spare = main_and_spare
+    # The turn on the main model; the summary's request to it fails, the spare writes it.
+    main.enqueue(text_reply("Hello from the main model."), status_reply(503))
+    client = ChatClient(await avisitor())
+    await client.connect()
+    await client.turn("hello")
+    await client.close()
+    summary = await Summary.objects.aget(session_id=client.session_id)
+    assert (summary.status, summary.model) == ("done", "spare-model")
+    assert [request.get("response_format") for request in spare.requests] == [{"type": "json_object"}]

@@ -22,6 +22,8 @@ class FallbackChatModel:
         self.main, self.spare = main, spare
         self.mode, self.model, self.fast_model = main.mode, main.model, main.fast_model
         self.fallen_back = False
+        # The model that wrote the last `complete_json` answer (the spare's after a fallback).
+        self.answered_by = main.model
 
     async def stream(
         self,
@@ -63,8 +65,12 @@ class FallbackChatModel:
         every answer anyway.
         """
         try:
-            return await self.main.complete_json(messages=messages, model=model, schema=schema)
+            answer = await self.main.complete_json(messages=messages, model=model, schema=schema)
+            self.answered_by = model or self.main.model
+            return answer
         except LLMError as exc:
             if exc.code not in FALLBACK_CODES:
                 raise
-        return await self.spare.complete_json(messages=messages)
+        answer = await self.spare.complete_json(messages=messages)
+        self.answered_by = self.spare.model
+        return answer
