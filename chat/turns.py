@@ -582,7 +582,10 @@ async def turn_run(
     )
     if visitor:
         try:
-            await token_budget_charge(visitor=visitor, tokens=reply.prompt_tokens + reply.completion_tokens)
+            # What the model reported, and what was estimated where it reported nothing (a stop).
+            used = reply.prompt_tokens + reply.completion_tokens
+            used += reply.estimated_prompt_tokens + reply.estimated_completion_tokens
+            await token_budget_charge(visitor=visitor, tokens=used)
         except Exception:
             logger.exception("could not charge the tokens of session %s", session_id)
 

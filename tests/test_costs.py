@@ -1,5 +1,6 @@
 """What replies cost: by the price table, by estimate when the model sent no usage, added up per session."""
 
+import asyncio
 import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from django.db import connection
 
 from audit import services
 from audit.models import ChatSession, EventType
+from chat.limits import token_budget_check
 from llmbacker.settings import _price
 
 from .conftest import ChatClient, events_of, text_of
@@ -50,9 +52,11 @@ async def test_each_reply_is_charged_by_the_price_table_and_the_session_adds_the
 
 
 @pytest.mark.asyncio
-async def test_a_stopped_reply_is_charged_for_what_it_used_by_estimate(avisitor, priced):
+async def test_a_stopped_reply_is_charged_for_what_it_used_by_estimate(avisitor, priced, settings):
+    settings.CHAT_TOKEN_BUDGET_PER_DAY = 20
     priced.enqueue(text_reply(" ".join(f"word{n}" for n in range(200)), delay=0.05))
-    client = ChatClient(await avisitor())
+    visitor = await avisitor()
+    client = ChatClient(visitor)
     await client.connect()
     await client.send({"type": "message", "content": "talk slowly"})
     frames = []
@@ -72,6 +76,13 @@ async def test_a_stopped_reply_is_charged_for_what_it_used_by_estimate(avisitor,
     assert reply.data["cost_usd"] == expected_cost(estimated["prompt_tokens"], estimated["completion_tokens"])
     session = await ChatSession.objects.aget(pk=client.session_id)
     assert session.cost_usd == Decimal(str(reply.data["cost_usd"]))
+    # The estimate counts against the visitor's daily token budget too (charged just after `done`).
+    refusal = None
+    for _ in range(40):
+        if refusal := await token_budget_check(visitor=f"anon:{visitor.session_key}"):
+            break
+        await asyncio.sleep(0.05)
+    assert refusal is not None and refusal.code == "token_budget_exceeded"
 
 
 @pytest.mark.asyncio
