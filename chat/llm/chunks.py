@@ -4,13 +4,18 @@ Groq and every OpenAI-compatible server stream the same shape: SSE events of
 JSON chunks whose `choices[0].delta` holds text or tool-call pieces, a
 `finish_reason`, and the usage in the last chunk (`x_groq.usage` on Groq,
 top-level `usage` elsewhere). The providers differ only in how the request
-is sent and how its failures look; both read the body here.
+is sent and how its failures look: both build the request (`request_body`,
+`json_format`) and read the response (`response_read`) here.
 """
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from .sse import SSEDecoder, StreamErrorEvent
 from .types import Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
@@ -142,3 +147,67 @@ async def chunks_read(
     if usage is not None:
         yield usage
     yield Finish(reason=finish_reason, request_id=request_id)
+
+
+def request_body(
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    temperature: float | None,
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    """Return the body of a streaming chat-completions request (options left out when not set)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    if tools:
+        body["tools"] = tools
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def json_format(schema: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the `response_format` of a JSON answer: JSON mode, or structured outputs shaped by `schema`.
+
+    Best effort (strict false): strict mode is on fewer models, and the caller validates every answer anyway.
+    """
+    if schema is None:
+        return {"type": "json_object"}
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "answer"))[:64]
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
+
+
+async def response_read(
+    open_response: Callable[[], Awaitable[httpx.Response]],
+    *,
+    first_token_timeout: float,
+    token_timeout: float,
+    failures: tuple[type[Exception], ...],
+    failure: Callable[[Any], LLMError],
+) -> AsyncGenerator[StreamItem, None]:
+    """Open the streaming response and yield its items (see `chunks_read`); closing this closes the response.
+
+    The first-token budget also covers the wait for the response to start.
+    A provider's own failures (`failures`: its SDK's and httpx's errors) are
+    raised as the LLMError `failure` makes of them.
+    """
+    first_deadline = asyncio.get_running_loop().time() + first_token_timeout
+    try:
+        try:
+            async with asyncio.timeout_at(first_deadline):
+                response = await open_response()
+        except TimeoutError:
+            raise LLMError("llm_unavailable", "The model service took too long to send the first token.") from None
+        reads = aiter(response.aiter_bytes())
+        try:
+            async with aclosing(
+                chunks_read(reads, first_deadline=first_deadline, token_timeout=token_timeout)
+            ) as items:
+                async for item in items:
+                    yield item
+        finally:
+            await response.aclose()
+    except failures as exc:
+        raise failure(exc) from exc

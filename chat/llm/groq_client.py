@@ -1,16 +1,13 @@
 """Groq through the official SDK: the only module that imports `groq`."""
 
-import asyncio
-import contextlib
-import re
-import weakref
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import groq
 import httpx
 
-from .chunks import chunks_read
+from .chunks import json_format, request_body, response_read
+from .clients import client_for_loop
 from .types import LLMError, StreamItem, retry_after_seconds
 
 
@@ -41,13 +38,6 @@ def _failed_generation(exc: groq.BadRequestError) -> str | None:
 # at a few messages, more as the history grows; the client's own `post` keeps
 # its auth, retries, timeouts and errors. Its raw response is read as it streams.
 CHAT_PATH = "/openai/v1/chat/completions"
-
-# Building a client costs ~20 ms of CPU (its SSL context), which would stall
-# every socket of the process on each turn: keep one per event loop and
-# settings. Clients hold connections bound to their loop, hence the key.
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, groq.AsyncGroq]]" = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class GroqChatModel:
@@ -91,12 +81,9 @@ class GroqChatModel:
 
     def _client_shared(self) -> groq.AsyncGroq:
         """Return this loop's client for these settings, made once."""
-        per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
-        if self._options not in per_loop:
-            per_loop[self._options] = self._client_new()
-        return per_loop[self._options]
+        return client_for_loop(self._options, self._client_new)
 
-    async def stream(
+    def stream(
         self,
         *,
         messages: list[dict[str, Any]],
@@ -107,38 +94,20 @@ class GroqChatModel:
     ) -> AsyncGenerator[StreamItem, None]:
         """Yield text deltas as they arrive, then the merged tool calls, usage and finish.
 
-        Closing this generator (or cancelling the task iterating it) leaves the
-        `async with` blocks, which closes the upstream HTTP stream at once.
+        Closing the generator (or cancelling the task iterating it) closes the
+        upstream HTTP stream at once.
         """
-        options: dict[str, Any] = {"model": model or self.model, "messages": messages, "stream": True}
-        if tools:
-            options["tools"] = tools
-        if temperature is not None:
-            options["temperature"] = temperature
-        if max_tokens is not None:
-            options["max_tokens"] = max_tokens
+        body = request_body(
+            model=model or self.model, messages=messages, tools=tools, temperature=temperature, max_tokens=max_tokens
+        )
         client = self._client_shared()
-        loop = asyncio.get_running_loop()
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                first_deadline = loop.time() + self.first_token_timeout
-                try:
-                    # The first-token budget also covers the wait for the answer to start.
-                    async with asyncio.timeout_at(first_deadline):
-                        response = await client.post(CHAT_PATH, cast_to=httpx.Response, body=options, stream=True)
-                    stack.push_async_callback(response.aclose)
-                except TimeoutError:
-                    raise LLMError(
-                        "llm_unavailable", "The model service took too long to send the first token."
-                    ) from None
-                items = chunks_read(
-                    aiter(response.aiter_bytes()), first_deadline=first_deadline, token_timeout=self.token_timeout
-                )
-                stack.push_async_callback(items.aclose)
-                async for item in items:
-                    yield item
-        except (groq.APIError, httpx.HTTPError) as exc:
-            raise _error_from(exc) from exc
+        return response_read(
+            lambda: client.post(CHAT_PATH, cast_to=httpx.Response, body=body, stream=True),
+            first_token_timeout=self.first_token_timeout,
+            token_timeout=self.token_timeout,
+            failures=(groq.APIError, httpx.HTTPError),
+            failure=_error_from,
+        )
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
@@ -149,17 +118,12 @@ class GroqChatModel:
         is returned as the text it rejected: the caller validates every answer
         and may still read it (JSON in prose, a key named differently).
         """
-        response_format: dict[str, Any] = {"type": "json_object"}
-        if schema is not None:
-            # Best effort (strict false): strict mode is on fewer models, and the caller validates anyway.
-            name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "answer"))[:64]
-            response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
         try:
             # Plain dicts where the SDK's signature names its TypedDicts: the same JSON.
             completion = await self._client_shared().chat.completions.create(
                 model=model or self.model,
                 messages=cast(Any, messages),
-                response_format=cast(Any, response_format),
+                response_format=cast(Any, json_format(schema)),
                 temperature=0.2,
             )
         except groq.BadRequestError as exc:

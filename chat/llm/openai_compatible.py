@@ -6,24 +6,19 @@
 """
 
 import asyncio
-import contextlib
-import weakref
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
 
-from .chunks import chunks_read
+from .chunks import json_format, request_body, response_read
+from .clients import client_for_loop
 from .types import LLMError, StreamItem, retry_after_seconds
 
 # Statuses worth another try, before a byte of the reply was read.
 RETRIED = {408, 409, 429, 500, 502, 503, 504}
 BACKOFF_SECONDS = 0.5
 RETRY_AFTER_CAP_SECONDS = 8.0
-
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, httpx.AsyncClient]]" = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -73,17 +68,17 @@ class OpenAICompatibleChatModel:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._options = (api_key, timeout, connect_timeout, max_connections)
 
+    def _client_new(self) -> httpx.AsyncClient:
+        api_key, timeout, connect_timeout, max_connections = self._options
+        return httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=100),
+        )
+
     def _client_shared(self) -> httpx.AsyncClient:
-        """Return this loop's client for these settings, made once (its SSL context is costly)."""
-        per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
-        if self._options not in per_loop:
-            api_key, timeout, connect_timeout, max_connections = self._options
-            per_loop[self._options] = httpx.AsyncClient(
-                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-                timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=100),
-            )
-        return per_loop[self._options]
+        """Return this loop's client for these settings, made once."""
+        return client_for_loop(self._options, self._client_new)
 
     async def _send(self, body: dict[str, Any], *, stream: bool) -> httpx.Response:
         """POST the request, retrying connection failures and retryable statuses; return a 2xx response."""
@@ -105,7 +100,7 @@ class OpenAICompatibleChatModel:
             await asyncio.sleep(min(_retry_after(response) or BACKOFF_SECONDS * 2**attempt, RETRY_AFTER_CAP_SECONDS))
         raise AssertionError("unreachable")
 
-    async def stream(
+    def stream(
         self,
         *,
         messages: list[dict[str, Any]],
@@ -115,49 +110,24 @@ class OpenAICompatibleChatModel:
         max_tokens: int | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         """Yield text deltas as they arrive, then the merged calls, usage and finish; closing it closes the stream."""
-        body: dict[str, Any] = {
-            "model": model or self.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if tools:
-            body["tools"] = tools
-        if temperature is not None:
-            body["temperature"] = temperature
-        if max_tokens is not None:
-            body["max_tokens"] = max_tokens
-        loop = asyncio.get_running_loop()
-        first_deadline = loop.time() + self.first_token_timeout
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    async with asyncio.timeout_at(first_deadline):
-                        response = await self._send(body, stream=True)
-                except TimeoutError:
-                    raise LLMError(
-                        "llm_unavailable", "The model service took too long to send the first token."
-                    ) from None
-                stack.push_async_callback(response.aclose)
-                items = chunks_read(
-                    aiter(response.aiter_bytes()), first_deadline=first_deadline, token_timeout=self.token_timeout
-                )
-                stack.push_async_callback(items.aclose)
-                async for item in items:
-                    yield item
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc) from exc
+        body = request_body(
+            model=model or self.model, messages=messages, tools=tools, temperature=temperature, max_tokens=max_tokens
+        )
+        body["stream_options"] = {"include_usage": True}
+        return response_read(
+            lambda: self._send(body, stream=True),
+            first_token_timeout=self.first_token_timeout,
+            token_timeout=self.token_timeout,
+            failures=(httpx.HTTPError,),
+            failure=_transport_error,
+        )
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
     ) -> str:
         """Return one whole reply in JSON mode (or shaped by `schema` with `json_schema`, when given)."""
-        response_format: dict[str, Any] = {"type": "json_object"}
-        if schema is not None:
-            name = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(schema.get("title") or "answer"))[:64]
-            response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
-        body: dict[str, Any] = {"model": model or self.model, "messages": messages, "temperature": 0.2}
-        body["response_format"] = response_format
+        body = {"model": model or self.model, "messages": messages, "temperature": 0.2}
+        body["response_format"] = json_format(schema)
         try:
             response = await self._send(body, stream=False)
             payload = response.json()
