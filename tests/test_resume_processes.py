@@ -180,7 +180,7 @@ async def test_a_reply_cut_at_any_token_and_resumed_on_either_process_is_whole(t
                 assert again.session["frame_seq"] > cut_at, context
                 assert again.session["history"][-2:] == [
                     {"role": "user", "content": f"run {run}", "created_at": ANY},
-                    {"role": "assistant", "content": TEXT, "created_at": ANY},
+                    {"role": "assistant", "content": TEXT, "created_at": ANY, "turn_id": ANY, "feedback": None},
                 ], context
                 position = again.session["frame_seq"]
                 ended_before_resume += 1
