@@ -49,7 +49,21 @@ class ReadOnlyMixin:
 class SummaryInline(ReadOnlyMixin, admin.StackedInline):
     model = Summary
     extra = 0  # no blank form for a session that has no summary yet
-    fields = ["status", "title", "text", "key_topics", "action_items", "sentiment", "model", "updated_at", "error"]
+    fields = [
+        "status",
+        "title",
+        "text",
+        "key_topics",
+        "action_items",
+        "sentiment",
+        "model",
+        "updated_at",
+        "error",
+        "attempts",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+    ]
     readonly_fields = _same(fields)
     can_delete = False
 
@@ -203,8 +217,13 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 sessions=Count("id"),
                 turns=Coalesce(Sum("turn_count"), 0),
                 tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
-                cost_usd=Coalesce(Sum("cost_usd"), Decimal(0)),
+                summary_tokens=Coalesce(Sum(F("summary__prompt_tokens") + F("summary__completion_tokens")), 0),
+                replies_cost_usd=Coalesce(Sum("cost_usd"), Decimal(0)),
+                summaries_cost_usd=Coalesce(Sum("summary__cost_usd"), Decimal(0)),
             )
+            totals = context["totals"]
+            totals["cost_usd"] = totals["replies_cost_usd"] + totals["summaries_cost_usd"]
+            totals["tokens"] += totals["summary_tokens"]
         return response
 
     def get_search_results(self, request, queryset, search_term):
@@ -261,9 +280,19 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def turns(self, session: ChatSession) -> int:
         return session.turn_count
 
-    @admin.display(description="cost (USD)", ordering="cost_usd")
+    def get_queryset(self, request):
+        # A session's cost: its replies' and its summary's (one-to-one: the join adds no rows).
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(total_cost_usd=F("cost_usd") + Coalesce(F("summary__cost_usd"), Decimal(0)))
+        )
+
+    @admin.display(description="cost (USD)", ordering="total_cost_usd")
     def cost(self, session: ChatSession) -> str:
-        return f"{session.cost_usd:.6f}"
+        """The replies' cost and the summary's (annotated by get_queryset)."""
+        total: Decimal = getattr(session, "total_cost_usd", session.cost_usd)
+        return f"{total:.6f}"
 
     @admin.display(description="tools", ordering="tool_call_count")
     def tools(self, session: ChatSession) -> int:

@@ -1,5 +1,6 @@
-"""What a model call costs, from the price table (LLM_PRICES, USD per million tokens)."""
+"""What model calls cost, from the price table (LLM_PRICES, USD per million tokens)."""
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
@@ -16,3 +17,65 @@ def cost_usd(*, model: str, prompt_tokens: int, completion_tokens: int) -> Decim
         return None
     prompt_price, completion_price = price
     return ((prompt_tokens * prompt_price + completion_tokens * completion_price) / MILLION).quantize(COST_PLACES)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The tokens one model call used, by the model that answered it; `estimated` when the service sent no usage."""
+
+    model: str
+    prompt: int
+    completion: int
+    estimated: bool
+
+
+@dataclass
+class Spend:
+    """What a run of model calls used (a turn's rounds, a summary's asks), call by call."""
+
+    charges: list[Charge] = field(default_factory=list)
+    # The model that answered the last call (the spare's after a fallback).
+    last_model: str = ""
+
+    def add(self, *, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
+        """Note a call's tokens against the model that answered it (calls may differ: a fallback, the fast model)."""
+        self.last_model = model
+        if prompt_tokens or completion_tokens:
+            self.charges.append(Charge(model, prompt_tokens, completion_tokens, estimated))
+
+    def tokens(self) -> tuple[int, int]:
+        """Return every prompt and completion token used, reported or estimated."""
+        return sum(c.prompt for c in self.charges), sum(c.completion for c in self.charges)
+
+    def estimated(self) -> tuple[int, int]:
+        """Return the prompt and completion tokens that are estimates."""
+        return (
+            sum(c.prompt for c in self.charges if c.estimated),
+            sum(c.completion for c in self.charges if c.estimated),
+        )
+
+    def counted_by_model(self) -> dict[str, tuple[int, int]]:
+        """Return the tokens the models reported (not the estimates), by model."""
+        counted: dict[str, tuple[int, int]] = {}
+        for charge in self.charges:
+            if not charge.estimated:
+                prompt, completion = counted.get(charge.model, (0, 0))
+                counted[charge.model] = (prompt + charge.prompt, completion + charge.completion)
+        return counted
+
+    def cost_by_model(self) -> tuple[dict[str, Decimal], list[str]]:
+        """Return the cost in USD of each priced model's calls, and the models used that have no price (sorted)."""
+        costs: dict[str, Decimal] = {}
+        unpriced: set[str] = set()
+        for charge in self.charges:
+            price = cost_usd(model=charge.model, prompt_tokens=charge.prompt, completion_tokens=charge.completion)
+            if price is None:
+                unpriced.add(charge.model)
+            else:
+                costs[charge.model] = costs.get(charge.model, Decimal(0)) + price
+        return costs, sorted(unpriced)
+
+    def cost(self) -> Decimal | None:
+        """Return the cost in USD of the priced calls, None when no call was priced."""
+        costs, _ = self.cost_by_model()
+        return sum(costs.values(), Decimal(0)) if costs else None

@@ -15,6 +15,7 @@ not cost a reply.
 import hmac
 import logging
 import os
+from decimal import Decimal
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
@@ -51,9 +52,15 @@ turn_seconds = Histogram(
     "llmbacker_turn_duration_seconds", "Time from the message to the turn's end.", ["model"], buckets=LATENCY_BUCKETS
 )
 llm_tokens = Counter(
-    "llmbacker_llm_tokens_total", "Model tokens, by model and direction (input, output).", ["model", "direction"]
+    "llmbacker_llm_tokens_total",
+    "Model tokens, by model, direction (input, output) and use (chat: the turns; summary: the session summaries).",
+    ["model", "direction", "use"],
 )
-llm_cost = Counter("llmbacker_llm_cost_usd_total", "What the replies cost in USD (LLM_PRICES), by model.", ["model"])
+llm_cost = Counter(
+    "llmbacker_llm_cost_usd_total",
+    "What the model calls cost in USD (LLM_PRICES), by model and use (chat, summary).",
+    ["model", "use"],
+)
 tool_calls = Counter(
     "llmbacker_tool_calls_total", "Tool calls run, by tool and outcome (ok, error).", ["tool", "outcome"]
 )
@@ -94,24 +101,34 @@ def turn_finished(
     first_token_seconds_: float | None,
     seconds: float,
     tokens_by_model: dict[str, tuple[int, int]],
-    cost_usd: float | None = None,
+    cost_by_model: dict[str, Decimal],
 ) -> None:
-    """Count a turn ended, its latencies, its tokens (prompt, completion) by the model that used them, its cost."""
+    """Count a turn ended, its latencies, and its tokens (prompt, completion) and cost by the model that used them."""
 
     def count() -> None:
         turns_finished.labels(outcome).inc()
         if first_token_seconds_ is not None:
             first_token_seconds.labels(model).observe(first_token_seconds_)
         turn_seconds.labels(model).observe(seconds)
-        for used_by, (prompt_tokens, completion_tokens) in tokens_by_model.items():
-            if prompt_tokens:
-                llm_tokens.labels(used_by, "input").inc(prompt_tokens)
-            if completion_tokens:
-                llm_tokens.labels(used_by, "output").inc(completion_tokens)
-        if cost_usd:
-            llm_cost.labels(model).inc(cost_usd)
+        _spend_count(tokens_by_model=tokens_by_model, cost_by_model=cost_by_model, use="chat")
 
     _safely(count)
+
+
+def summary_spent(*, tokens_by_model: dict[str, tuple[int, int]], cost_by_model: dict[str, Decimal]) -> None:
+    """Count the tokens (prompt, completion) and cost of a run of the summary task's model calls, by model."""
+    _safely(lambda: _spend_count(tokens_by_model=tokens_by_model, cost_by_model=cost_by_model, use="summary"))
+
+
+def _spend_count(*, tokens_by_model: dict[str, tuple[int, int]], cost_by_model: dict[str, Decimal], use: str) -> None:
+    for used_by, (prompt_tokens, completion_tokens) in tokens_by_model.items():
+        if prompt_tokens:
+            llm_tokens.labels(used_by, "input", use).inc(prompt_tokens)
+        if completion_tokens:
+            llm_tokens.labels(used_by, "output", use).inc(completion_tokens)
+    for used_by, cost in cost_by_model.items():
+        if cost:
+            llm_cost.labels(used_by, use).inc(float(cost))
 
 
 def tool_called(*, tool: str, ok: bool) -> None:

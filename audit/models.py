@@ -155,6 +155,13 @@ class Summary(models.Model):
     covers_seq = models.PositiveIntegerField(default=0)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # What writing it cost, over every attempt (failed ones and re-asks too): tokens reported
+    # or, where the service sent no usage, estimated; USD at LLM_PRICES (models without a price add 0).
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(
+        "cost (USD)", max_digits=16, decimal_places=8, default=0, help_text="what writing it cost (LLM_PRICES)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

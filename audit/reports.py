@@ -3,6 +3,7 @@
 import statistics
 from collections import Counter
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, DecimalField, Q, QuerySet, Sum
@@ -119,6 +120,13 @@ def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
         row["data__code"] or "unknown": row["count"]
         for row in events.filter(type=EventType.ERROR).values("data__code").annotate(count=Count("id"))
     }
+    # What writing the summaries of these sessions cost, failed attempts included.
+    summary_spend = Summary.objects.filter(session__in=sessions).aggregate(
+        cost=Coalesce(Sum("cost_usd"), Decimal(0)),
+        prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
+        completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+    )
+    replies_cost = cost_figures(events.filter(type=EventType.ASSISTANT_MESSAGE))
     summaries = Summary.objects.filter(session__in=sessions, status="done")
     topics = Counter(
         topic.lower() for key_topics in summaries.values_list("key_topics", flat=True) for topic in key_topics or []
@@ -129,7 +137,13 @@ def report_figures(*, start: datetime, end: datetime) -> dict[str, Any]:
         "duration_seconds": percentiles(durations),
         "ttft_ms": percentiles(ttfts),
         "tokens_by_model": tokens_by_model,
-        **cost_figures(events.filter(type=EventType.ASSISTANT_MESSAGE)),
+        **replies_cost,
+        "summary_cost_usd": _usd(summary_spend["cost"]),
+        "summary_tokens": {
+            "prompt_tokens": summary_spend["prompt_tokens"],
+            "completion_tokens": summary_spend["completion_tokens"],
+        },
+        "total_cost_usd": _usd(Decimal(str(replies_cost["cost_usd"])) + summary_spend["cost"]),
         "feedback_by_model": satisfaction_by_model(events.filter(type=EventType.SYSTEM, data__kind=FEEDBACK)),
         "tools": tools,
         "errors_by_code": errors_by_code,

@@ -12,6 +12,7 @@ from django.db import DatabaseError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from .costs import Spend
 from .models import FEEDBACK, ChatSession, Event, EventType, SessionStatus, SocketLease, Summary, SummaryStatus
 from .redaction import redact
 
@@ -727,6 +728,16 @@ def summaries_rerun(*, session_ids: list[UUID]) -> int:
             Summary.objects.filter(pk=summary.pk).update(status=SummaryStatus.PENDING, error="")
             summary_queue(session_id=session_id)
     return len(ended)
+
+
+def summary_spend_add(*, session_id: UUID, spend: Spend) -> None:
+    """Add what a run of the summary's model calls used to its tokens and cost (one UPDATE: racing runs both count)."""
+    prompt_tokens, completion_tokens = spend.tokens()
+    Summary.objects.filter(session_id=session_id).update(
+        prompt_tokens=F("prompt_tokens") + prompt_tokens,
+        completion_tokens=F("completion_tokens") + completion_tokens,
+        cost_usd=F("cost_usd") + (spend.cost() or Decimal(0)),
+    )
 
 
 def summary_mark_failed(*, session_id: UUID, error: str) -> None:

@@ -24,9 +24,11 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chat.context import answer_usage
 from chat.llm import ChatModel, chat_model_get
 
-from . import selectors, services
+from . import metrics, selectors, services
+from .costs import Spend
 from .models import Event, EventType
 
 logger = logging.getLogger(__name__)
@@ -275,16 +277,36 @@ def answer_parse(raw: str, *, shape: type[Answer]) -> Answer:
 
 
 def answer_ask(
-    *, chat_model: ChatModel, model: str, structured: bool, instructions: str, text: str, shape: type[Answer]
+    *,
+    chat_model: ChatModel,
+    model: str,
+    structured: bool,
+    instructions: str,
+    text: str,
+    shape: type[Answer],
+    spend: Spend,
 ) -> Answer:
     """Ask the model for an answer of `shape`; when it is unusable, ask once more saying why, then raise SummaryInvalid.
 
     `structured`: the model takes Groq's structured outputs, so the request
-    carries the answer's JSON Schema; otherwise it asks for JSON mode.
+    carries the answer's JSON Schema; otherwise it asks for JSON mode. Each
+    answer's tokens are noted in `spend` (estimated when the service sent no usage).
     """
     schema = answer_schema(shape=shape) if structured else None
     messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}, {"role": "user", "content": text}]
-    raw = async_to_sync(chat_model.complete_json)(messages=messages, model=model, schema=schema)
+
+    def complete() -> str:
+        answer = async_to_sync(chat_model.complete_json)(messages=messages, model=model, schema=schema)
+        usage, estimated = answer_usage(answer, messages=messages)
+        spend.add(
+            model=answer.model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            estimated=estimated,
+        )
+        return answer.text
+
+    raw = complete()
     try:
         return answer_parse(raw, shape=shape)
     except SummaryInvalid as exc:
@@ -293,7 +315,7 @@ def answer_ask(
     if raw.strip():
         messages.append({"role": "assistant", "content": raw[:REASK_ANSWER_MAX_CHARS]})
     messages.append({"role": "user", "content": REASK_INSTRUCTIONS.format(problem=problem)})
-    raw = async_to_sync(chat_model.complete_json)(messages=messages, model=model, schema=schema)
+    raw = complete()
     try:
         return answer_parse(raw, shape=shape)
     except SummaryInvalid as exc:
@@ -365,11 +387,25 @@ def summary_generate(*, session_id: UUID) -> bool:
 
     Idempotent: a session already summarized up to its last event is left
     alone, and a racing writer that finished first wins. Raises LLMError or
-    SummaryInvalid for the task to retry.
+    SummaryInvalid for the task to retry. What the model calls used is added
+    to the summary's tokens and cost whether or not a summary came of them.
     """
     covers_seq = services.summary_claim(session_id=session_id)
     if covers_seq is None:
         return False
+    spend = Spend()
+    try:
+        return _summary_write(session_id=session_id, covers_seq=covers_seq, spend=spend)
+    finally:
+        if spend.charges:
+            metrics.summary_spent(tokens_by_model=spend.counted_by_model(), cost_by_model=spend.cost_by_model()[0])
+            try:
+                services.summary_spend_add(session_id=session_id, spend=spend)
+            except Exception:
+                logger.exception("could not record what the summary of session %s cost", session_id)
+
+
+def _summary_write(*, session_id: UUID, covers_seq: int, spend: Spend) -> bool:
     transcript = transcript_build(session_id=session_id, through_seq=covers_seq)
     chat_model = chat_model_get()
     on_groq = chat_model.mode == "groq"
@@ -384,6 +420,7 @@ def summary_generate(*, session_id: UUID) -> bool:
             instructions=instructions,
             text=text,
             shape=shape,
+            spend=spend,
         )
 
     limit = settings.CHAT_SUMMARY_PART_CHARS
@@ -398,7 +435,7 @@ def summary_generate(*, session_id: UUID) -> bool:
         transcript = f"{COMBINE_PREFIX}\n\n{transcript}"[:limit]
     answer = ask(SummaryAnswer, SUMMARY_INSTRUCTIONS, transcript)
     # After a fallback (chat.llm.fallback) the spare wrote it.
-    fields = summary_fields(answer, model=getattr(chat_model, "answered_by", model_name))
+    fields = summary_fields(answer, model=spend.last_model or model_name)
     stored = services.summary_save(session_id=session_id, covers_seq=covers_seq, fields=fields)
     logger.info("summary of session %s %s", session_id, "stored" if stored else "already written")
     return stored

@@ -5,6 +5,8 @@ from typing import Any
 
 from audit.models import Event, EventType
 
+from .llm import JsonAnswer, Usage
+
 
 def _tool_message(event: Event) -> dict[str, Any]:
     data = event.data
@@ -25,6 +27,11 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
 
+def text_tokens_estimate(text: str) -> int:
+    """Estimate the tokens of a text."""
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
 def tokens_estimate(messages: list[dict[str, Any]]) -> int:
     """Estimate the prompt tokens of the messages."""
     total = 0
@@ -32,8 +39,15 @@ def tokens_estimate(messages: list[dict[str, Any]]) -> int:
         text = str(message.get("content") or "")
         for call in message.get("tool_calls") or ():
             text += call["function"]["name"] + call["function"]["arguments"]
-        total += TOKENS_PER_MESSAGE + (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+        total += TOKENS_PER_MESSAGE + text_tokens_estimate(text)
     return total
+
+
+def answer_usage(answer: JsonAnswer, *, messages: list[dict[str, Any]]) -> tuple[Usage, bool]:
+    """Return what a `complete_json` answer used, and whether that is an estimate (the service sent no usage)."""
+    if answer.usage is not None:
+        return answer.usage, False
+    return Usage(prompt_tokens=tokens_estimate(messages), completion_tokens=text_tokens_estimate(answer.text)), True
 
 
 def last_turn_used_tools(events: list[Event]) -> bool:

@@ -6,7 +6,8 @@ import logging
 from audit.models import Event, EventType
 from audit.summaries import transcript_text
 
-from .llm import LLMError
+from .context import answer_usage
+from .llm import LLMError, Usage
 from .llm.types import ChatModel
 
 logger = logging.getLogger(__name__)
@@ -38,21 +39,29 @@ def _extractive(*, earlier: str, dropped: list[Event]) -> str:
     return head + " / ".join(quotes)
 
 
-async def earlier_extend(*, model: ChatModel, earlier: str, dropped: list[Event]) -> str:
-    """Return the rolling summary extended with the dropped turns (by the fast model; extractive if it fails)."""
+# What the model call cost: the model that answered, its tokens, whether they are estimated.
+Spent = tuple[str, Usage, bool]
+
+
+async def earlier_extend(*, model: ChatModel, earlier: str, dropped: list[Event]) -> tuple[str, Spent | None]:
+    """Return the rolling summary extended with the dropped turns (by the fast model; extractive if it fails).
+
+    Also returns what the model call used, to be charged to the turn (None when no answer came).
+    """
     transcript = transcript_text(dropped)[-TRANSCRIPT_MAX_CHARS:]
     prompt = f"Previous summary: {earlier or '(none)'}\n\nNew transcript:\n{transcript}"
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": prompt}]
+    spent: Spent | None = None
     try:
-        raw = await model.complete_json(
-            messages=[{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": prompt}],
-            model=model.fast_model,
-        )
-        data = json.loads(raw)
+        answer = await model.complete_json(messages=messages, model=model.fast_model)
+        usage, estimated = answer_usage(answer, messages=messages)
+        spent = (answer.model, usage, estimated)
+        data = json.loads(answer.text)
         text = data.get("summary") or data.get("text") if isinstance(data, dict) else None
         if isinstance(text, str) and text.strip():
-            return text.strip()[:EARLIER_MAX_CHARS]
+            return text.strip()[:EARLIER_MAX_CHARS], spent
         # Not the answer itself: it retells the visitor's conversation.
-        logger.warning("the rolling summary came back without text (%d characters)", len(raw))
+        logger.warning("the rolling summary came back without text (%d characters)", len(answer.text))
     except (LLMError, ValueError) as exc:
         logger.warning("could not extend the rolling summary: %s", exc)
-    return _extractive(earlier=earlier, dropped=dropped)
+    return _extractive(earlier=earlier, dropped=dropped), spent

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -24,11 +23,11 @@ from django.conf import settings
 
 from audit import metrics, selectors
 from audit import services as audit_services
-from audit.costs import cost_usd
+from audit.costs import Spend, cost_usd
 from audit.models import EventType
 
 from . import tracing
-from .context import CHARS_PER_TOKEN, last_turn_used_tools, messages_build, tokens_estimate, window_cut
+from .context import last_turn_used_tools, messages_build, text_tokens_estimate, tokens_estimate, window_cut
 from .database import database_async
 from .limits import token_budget_charge
 from .llm import LLMError, TextDelta, ToolCall, Usage, chat_model_get
@@ -77,16 +76,6 @@ async def _event_record_whole(*, on_recorded: Callable[[], None] | None = None, 
         raise
 
 
-@dataclass(frozen=True)
-class Charge:
-    """The tokens one model call used, by the model that answered it."""
-
-    model: str
-    prompt: int
-    completion: int
-    estimated: bool
-
-
 @dataclass
 class Reply:
     """What the turn has produced so far."""
@@ -103,10 +92,6 @@ class Reply:
     ttft_ms: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    # Tokens of rounds that produced output but whose usage never came (a stop, a
-    # stream cut short): estimated, so that what they used is still charged.
-    estimated_prompt_tokens: int = 0
-    estimated_completion_tokens: int = 0
     rounds: int = 0
     finish_reason: str | None = None
     request_ids: list[str] = field(default_factory=list)
@@ -117,8 +102,10 @@ class Reply:
     ignored_tool_calls: list[str] = field(default_factory=list)
     # The spare model answered: {"model", "replaced", "reason"} (see chat.llm.fallback).
     fallback: dict[str, str] | None = None
-    # Each model call's tokens, by the model that answered it (for the cost).
-    charges: list[Charge] = field(default_factory=list)
+    # Each model call's tokens, by the model that answered it (for the cost). A
+    # round that produced output but whose usage never came (a stop, a stream
+    # cut short) is estimated, so that what it used is still charged.
+    spend: Spend = field(default_factory=Spend)
     # The model answering now (set when the turn starts; the spare's after a fallback).
     answered_model: str = ""
 
@@ -138,54 +125,39 @@ class Reply:
         if not text and not calls:
             return Usage()
         produced = text + "".join(call.name + call.arguments for call in calls)
-        estimate = Usage(
-            prompt_tokens=tokens_estimate(messages),
-            completion_tokens=(len(produced) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN,
-        )
-        self.estimated_prompt_tokens += estimate.prompt_tokens
-        self.estimated_completion_tokens += estimate.completion_tokens
-        return estimate
+        return Usage(prompt_tokens=tokens_estimate(messages), completion_tokens=text_tokens_estimate(produced))
 
     def charge(self, *, model: str, usage: Usage, estimated: bool) -> None:
-        """Note a round's tokens against the model that used them (rounds may differ: a fallback)."""
-        if usage.prompt_tokens or usage.completion_tokens:
-            self.charges.append(Charge(model, usage.prompt_tokens, usage.completion_tokens, estimated))
+        """Note a model call's tokens against the model that used them (rounds may differ: a fallback).
+
+        The turn's calls are its rounds and, when the history was cut, the
+        fast model's call that extended the rolling summary (chat.memory).
+        """
+        self.spend.add(
+            model=model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            estimated=estimated,
+        )
 
     def cost(self) -> dict[str, Any]:
-        """Return the reply's cost in USD (each round at its model's LLM_PRICES), and its estimated tokens.
+        """Return the reply's cost in USD (each call at its model's LLM_PRICES), and its estimated tokens.
 
         `cost_usd` is None when no model used has a price; models without one
         are listed under `unpriced_models` (their tokens are not in the cost).
         """
-        total: Decimal | None = None
-        unpriced: list[str] = []
-        for charge in self.charges:
-            price = cost_usd(model=charge.model, prompt_tokens=charge.prompt, completion_tokens=charge.completion)
-            if price is None:
-                unpriced.append(charge.model)
-            else:
-                total = price if total is None else total + price
-        if total is None and not self.charges:
+        total = self.spend.cost()
+        if total is None and not self.spend.charges:
             # Nothing used: free, if the model answering has a price at all.
             total = cost_usd(model=self.answered_model, prompt_tokens=0, completion_tokens=0)
         figures: dict[str, Any] = {"cost_usd": float(total) if total is not None else None}
+        _, unpriced = self.spend.cost_by_model()
         if unpriced:
-            figures["unpriced_models"] = sorted(set(unpriced))
-        if self.estimated_prompt_tokens or self.estimated_completion_tokens:
-            figures["usage_estimated"] = {
-                "prompt_tokens": self.estimated_prompt_tokens,
-                "completion_tokens": self.estimated_completion_tokens,
-            }
+            figures["unpriced_models"] = unpriced
+        estimated_prompt, estimated_completion = self.spend.estimated()
+        if estimated_prompt or estimated_completion:
+            figures["usage_estimated"] = {"prompt_tokens": estimated_prompt, "completion_tokens": estimated_completion}
         return figures
-
-    def counted_by_model(self) -> dict[str, tuple[int, int]]:
-        """Return the tokens the models reported (not the estimates), by model."""
-        counted: dict[str, tuple[int, int]] = {}
-        for charge in self.charges:
-            if not charge.estimated:
-                prompt, completion = counted.get(charge.model, (0, 0))
-                counted[charge.model] = (prompt + charge.prompt, completion + charge.completion)
-        return counted
 
     def answered_by(self, model: ChatModel) -> str:
         """Return the model that answered: the spare after a fallback, else the one routing chose."""
@@ -302,9 +274,20 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
     reply.strategy = strategy.record()
     # The history is fitted to the budget of the model the strategy chose.
     budget = _budget(strategy.model)
+    summary_usage: dict[str, Any] | None = None
     dropped, events = window_cut(events=events, system_prompt=strategy.system_prompt, earlier=earlier, budget=budget)
     if dropped:
-        earlier = await earlier_extend(model=model, earlier=earlier, dropped=dropped)
+        earlier, spent = await earlier_extend(model=model, earlier=earlier, dropped=dropped)
+        if spent is not None:
+            spent_by, spent_usage, estimated = spent
+            reply.charge(model=spent_by, usage=spent_usage, estimated=estimated)
+            # Charged to this reply, but not in its `usage` (the reply's own rounds).
+            summary_usage = {
+                "model": spent_by,
+                "prompt_tokens": spent_usage.prompt_tokens,
+                "completion_tokens": spent_usage.completion_tokens,
+                "estimated": estimated,
+            }
         await context_summary_save(session_id=session_id, text=earlier, through_seq=dropped[-1].seq)
     messages = messages_build(events=events, system_prompt=strategy.system_prompt, earlier=earlier)
     reply.context = {
@@ -313,6 +296,8 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
         "dropped_events": len(dropped),
         "summary_through_seq": dropped[-1].seq if dropped else state.context_summary_seq,
     }
+    if summary_usage is not None:
+        reply.context["summary_usage"] = summary_usage
     offered_tools = tools_enabled() if strategy.tools else []
     reply.tools_offered = [entry.name for entry in offered_tools]
     schemas = [entry.schema() for entry in offered_tools]
@@ -566,8 +551,8 @@ async def turn_run(
         model=answered_by,
         first_token_seconds_=reply.ttft_ms / 1000 if reply.ttft_ms is not None else None,
         seconds=reply.elapsed_ms() / 1000,
-        tokens_by_model=reply.counted_by_model(),
-        cost_usd=reply.cost()["cost_usd"],
+        tokens_by_model=reply.spend.counted_by_model(),
+        cost_by_model=reply.spend.cost_by_model()[0],
     )
     await emit(
         {
@@ -582,10 +567,8 @@ async def turn_run(
     )
     if visitor:
         try:
-            # What the model reported, and what was estimated where it reported nothing (a stop).
-            used = reply.prompt_tokens + reply.completion_tokens
-            used += reply.estimated_prompt_tokens + reply.estimated_completion_tokens
-            await token_budget_charge(visitor=visitor, tokens=used)
+            # What the models reported, and what was estimated where they reported nothing (a stop).
+            await token_budget_charge(visitor=visitor, tokens=sum(reply.spend.tokens()))
         except Exception:
             logger.exception("could not charge the tokens of session %s", session_id)
 

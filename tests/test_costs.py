@@ -1,23 +1,26 @@
 """What replies cost: by the price table, by estimate when the model sent no usage, added up per session."""
 
 import asyncio
+import json
 import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
 from audit import services
-from audit.models import ChatSession, EventType
+from audit.models import ChatSession, EventType, Summary
 from chat.limits import token_budget_check
 from llmbacker.settings import _price
 
 from .conftest import ChatClient, events_of, text_of
-from .fake_groq import text_reply
+from .fake_groq import json_reply, text_reply
+from .test_context import long_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,6 +89,39 @@ async def test_a_stopped_reply_is_charged_for_what_it_used_by_estimate(avisitor,
 
 
 @pytest.mark.asyncio
+async def test_the_rolling_summary_s_model_call_is_charged_to_the_reply_that_needed_it(avisitor, priced, settings):
+    """A cut history is summarized by the fast model first: its tokens count in the reply's cost and the budget."""
+    settings.CHAT_CONTEXT_BUDGET_TOKENS = 600
+    settings.CHAT_TOKEN_BUDGET_PER_DAY = 500
+    visitor = await avisitor()
+    session = await sync_to_async(long_session)(visitor.session_key, 30)
+    priced.enqueue(
+        json_reply(json.dumps({"summary": "They asked thirty questions."}), usage=(400, 30)),
+        text_reply("Still here.", usage=(100, 10)),
+    )
+    client = ChatClient(visitor, session_id=session.id)
+    await client.connect()
+    frames = await client.turn("still there?")
+    await client.close()
+    assert frames[-1]["usage"] == {"prompt_tokens": 100, "completion_tokens": 10}  # the reply's own rounds
+    reply = (await events_of(session.id))[-1]
+    assert reply.data["context"]["summary_usage"] == {
+        "model": settings.GROQ_FAST_MODEL,
+        "prompt_tokens": 400,
+        "completion_tokens": 30,
+        "estimated": False,
+    }
+    assert reply.data["cost_usd"] == expected_cost(500, 40)
+    # 110 tokens for the reply alone would leave room; with the summary's 430 the day's 500 are spent.
+    refusal = None
+    for _ in range(40):
+        if refusal := await token_budget_check(visitor=f"anon:{visitor.session_key}"):
+            break
+        await asyncio.sleep(0.05)
+    assert refusal is not None and refusal.code == "token_budget_exceeded"
+
+
+@pytest.mark.asyncio
 async def test_a_model_with_no_price_records_no_cost(avisitor, settings, fake_groq):
     settings.LLM_PRICES = {}
     client = ChatClient(await avisitor())
@@ -111,21 +147,26 @@ async def test_the_offline_model_costs_nothing(avisitor):
 def test_the_admin_adds_up_the_listed_sessions_per_user(client):
     staff = get_user_model().objects.create_superuser("staff", password="pw")
     ana = get_user_model().objects.create_user("ana", password="pw")
-    for owner, cost in [(ana, 0.25), (ana, 0.5), (None, 4.0)]:
+    for owner, cost, summary_cost in [(ana, 0.25, "0.125"), (ana, 0.5, None), (None, 4.0, "0.0625")]:
         session = ChatSession.objects.create(id=uuid.uuid4(), user=owner, anon_key="" if owner else "visitor")
         services.event_record(session_id=session.id, type=EventType.USER_MESSAGE, content="hi")
         services.event_record(
             session_id=session.id, type=EventType.ASSISTANT_MESSAGE, content="yo", data={"cost_usd": cost}
         )
+        if summary_cost is not None:
+            Summary.objects.create(session=session, cost_usd=Decimal(summary_cost), prompt_tokens=7)
     client.force_login(staff)
     everyone = client.get("/admin/audit/chatsession/").content.decode()
-    assert "3 sessions listed" in everyone and "$4.750000" in everyone
+    # The replies' cost and the summaries' (the third session has none yet).
+    assert "3 sessions listed" in everyone and "$4.937500" in everyone
+    assert "replies $4.750000, summaries $0.187500" in everyone
+    assert '<td class="field-cost">0.375000</td>' in everyone  # one session: its reply and its summary
     anas = client.get(f"/admin/audit/chatsession/?user__id__exact={ana.pk}").content.decode()
-    assert "2 sessions listed" in anas and "$0.750000" in anas
+    assert "2 sessions listed" in anas and "$0.875000" in anas and "7 tokens" in anas  # the summary's
     # Each owner links to their sessions, an anonymous visitor by key (named by a hash, as in the reports).
     assert f'href="?user__id__exact={ana.pk}"' in everyone and 'href="?anon_key=visitor"' in everyone
     visitor = client.get("/admin/audit/chatsession/?anon_key=visitor").content.decode()
-    assert "1 session listed" in visitor and "$4.000000" in visitor
+    assert "1 session listed" in visitor and "$4.062500" in visitor
 
 
 @pytest.mark.parametrize("price", ["1", "a/b", "1/2/3", "-1/2", "Infinity/1", "1/NaN"])

@@ -145,7 +145,7 @@ async def test_closing_the_stream_closes_the_upstream_connection(model, fake_gro
 
 @pytest.mark.asyncio
 async def test_json_completion_for_summaries(model, fake_groq_server):
-    raw = await model.complete_json(messages=[{"role": "user", "content": "transcript"}], model="summary-model")
+    raw = (await model.complete_json(messages=[{"role": "user", "content": "transcript"}], model="summary-model")).text
     assert '"title"' in raw
     request = fake_groq_server.requests[0]
     assert request["response_format"] == {"type": "json_object"}

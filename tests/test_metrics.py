@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
 from audit.costs import cost_usd
+from audit.models import Summary
 
 from .conftest import ARTIFACTS, daphne_start, free_port, on_redis, process_stop, subprocess_env, visitor_cookie
 
@@ -110,15 +111,26 @@ def test_the_figures_follow_a_turn_and_the_summary_task(metrics_stack):
     assert sample(text, "llmbacker_turn_duration_seconds_sum", model=model) == pytest.approx(
         done["duration_ms"] / 1000, abs=0.05
     )
-    assert sample(text, "llmbacker_llm_tokens_total", model=model, direction="input") == done["usage"]["prompt_tokens"]
+    chat_tokens = {"model": model, "use": "chat"}
     assert (
-        sample(text, "llmbacker_llm_tokens_total", model=model, direction="output")
-        == (done["usage"]["completion_tokens"])
+        sample(text, "llmbacker_llm_tokens_total", direction="input", **chat_tokens) == done["usage"]["prompt_tokens"]
+    )
+    assert (
+        sample(text, "llmbacker_llm_tokens_total", direction="output", **chat_tokens)
+        == done["usage"]["completion_tokens"]
     )
     assert done["usage"]["prompt_tokens"] > 0
     charged = cost_usd(model=model, **done["usage"])
     assert charged
-    assert sample(text, "llmbacker_llm_cost_usd_total", model=model) == pytest.approx(float(charged))
+    assert sample(text, "llmbacker_llm_cost_usd_total", **chat_tokens) == pytest.approx(float(charged))
+    # The summary's model call (fake Groq's JSON answer uses 30 + 15 tokens), counted apart from the chat's.
+    summary = Summary.objects.get()
+    assert (summary.prompt_tokens, summary.completion_tokens) == (30, 15)
+    assert summary.cost_usd == cost_usd(model=summary.model, prompt_tokens=30, completion_tokens=15)
+    summary_tokens = {"model": summary.model, "use": "summary"}
+    assert sample(text, "llmbacker_llm_tokens_total", direction="input", **summary_tokens) == 30
+    assert sample(text, "llmbacker_llm_tokens_total", direction="output", **summary_tokens) == 15
+    assert sample(text, "llmbacker_llm_cost_usd_total", **summary_tokens) == pytest.approx(float(summary.cost_usd))
     assert sample(text, "llmbacker_tool_calls_total", tool="current_time", outcome="ok") == 1
     assert sample(text, "llmbacker_errors_total", code="invalid_json") == 1
 

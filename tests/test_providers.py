@@ -241,8 +241,11 @@ def test_a_retry_after_that_is_not_a_usable_number_is_ignored():
 
 
 @pytest.mark.asyncio
-async def test_a_summary_the_spare_wrote_names_the_spare(avisitor, main_and_spare):
+async def test_a_summary_the_spare_wrote_names_the_spare_and_is_charged_at_its_price(
+    avisitor, main_and_spare, settings
+):
     main, spare = main_and_spare
+    settings.LLM_PRICES = {**settings.LLM_PRICES, "spare-model": (Decimal("2"), Decimal("10"))}
     # The turn on the main model; the summary's request to it fails, the spare writes it.
     main.enqueue(text_reply("Hello from the main model."), status_reply(503))
     client = ChatClient(await avisitor())
@@ -251,4 +254,7 @@ async def test_a_summary_the_spare_wrote_names_the_spare(avisitor, main_and_spar
     await client.close()
     summary = await Summary.objects.aget(session_id=client.session_id)
     assert (summary.status, summary.model) == ("done", "spare-model")
+    # The main model's refusal used nothing; the spare's answer (the fake's default) used 30 + 15 tokens.
+    assert (summary.prompt_tokens, summary.completion_tokens) == (30, 15)
+    assert summary.cost_usd == Decimal("0.00021")  # 30 x $2 + 15 x $10, per million
     assert [request.get("response_format") for request in spare.requests] == [{"type": "json_object"}]

@@ -6,6 +6,7 @@ import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -58,7 +59,15 @@ def known_sessions():
     for turn_id, rating in [("t1", "down"), ("t1", "up"), ("t2", "down")]:
         record(a, t, EventType.SYSTEM, "", kind="feedback", turn_id=turn_id, rating=rating, model="big")
     end_after(a, 10)
-    Summary.objects.create(session=a, status="done", key_topics=["Paris", "trains"], sentiment="positive")
+    Summary.objects.create(
+        session=a,
+        status="done",
+        key_topics=["Paris", "trains"],
+        sentiment="positive",
+        prompt_tokens=100,
+        completion_tokens=40,
+        cost_usd=Decimal("0.00003"),
+    )
 
     b = session_at(DAY + timedelta(hours=5), model="small", anon_key="visitor-1")
     t = DAY + timedelta(hours=5, minutes=1)
@@ -79,7 +88,9 @@ def known_sessions():
     record(before, t, EventType.ASSISTANT_MESSAGE, "old reply", model="big", cost_usd=0.5)
     record(before, t, EventType.ERROR, "old", code="internal")
     end_after(before, 99)
-    Summary.objects.create(session=before, status="done", key_topics=["old"], sentiment="neutral")
+    Summary.objects.create(
+        session=before, status="done", key_topics=["old"], sentiment="neutral", cost_usd=Decimal("0.2")
+    )
 
 
 def test_report_figures_match_the_hand_computed_ones(known_sessions):
@@ -105,6 +116,10 @@ def test_report_figures_match_the_hand_computed_ones(known_sessions):
         "cost_by_model": {"big": 0.00035, "small": 0.00002},
         "cost_by_day": {"2026-01-10": 0.00037},
         "cost_by_visitor": {"ana": 0.00035, f"anonymous {VISITOR_1_HASH}": 0.00002},
+        # What writing the summaries of the day's sessions cost (the day before's 0.2 is not in it).
+        "summary_cost_usd": 0.00003,
+        "summary_tokens": {"prompt_tokens": 100, "completion_tokens": 40},
+        "total_cost_usd": 0.0004,
         "tools": {"current_time": {"calls": 2, "failed": 1, "failure_rate": 0.5}},
         "errors_by_code": {"llm_unavailable": 1},
         "top_topics": [{"topic": "paris", "sessions": 2}, {"topic": "trains", "sessions": 1}],
@@ -120,6 +135,7 @@ def test_costs_are_split_by_day_over_a_longer_period(known_sessions):
     figures = report_figures(start=DAY - timedelta(days=1), end=DAY + timedelta(days=1))
     assert figures["cost_by_day"] == {"2026-01-09": 0.5, "2026-01-10": 0.00037}
     assert figures["cost_usd"] == 0.50037
+    assert (figures["summary_cost_usd"], figures["total_cost_usd"]) == (0.20003, 0.7004)
     assert figures["cost_by_visitor"][f"anonymous {hashlib.sha256(b'visitor-2').hexdigest()[:10]}"] == 0.5
 
 
@@ -185,7 +201,7 @@ def test_a_report_is_the_same_few_queries_for_few_or_many_sessions(known_session
     with CaptureQueriesContext(connection) as many:
         figures = report_figures(**period)
     assert figures["sessions"] == 22
-    assert len(few) == len(many) <= 13
+    assert len(few) == len(many) <= 14
 
 
 def test_staff_download_a_report_as_csv(client, known_sessions):

@@ -2,10 +2,13 @@
 
 import json
 import logging
+import math
+from decimal import Decimal
 
 import pytest
 
 from audit import services
+from audit.costs import cost_usd
 from audit.models import Summary, SummaryStatus
 from audit.summaries import (
     PartNoteAnswer,
@@ -18,6 +21,7 @@ from audit.summaries import (
     transcript_parts,
 )
 from audit.tasks import SUMMARY_MAX_RETRIES
+from chat.context import tokens_estimate
 
 from .fake_groq import json_reply, json_validate_failed_reply
 from .test_records import session_with_messages
@@ -245,3 +249,49 @@ def test_part_notes_of_a_long_session_get_their_own_schema_and_the_same_leniency
     assert names == ["PartNoteAnswer"] * count + ["SummaryAnswer"]
     assert f"Part {count}: Part {count} went fine." in requests[-1]["messages"][-1]["content"]
     assert Summary.objects.get(session=session).status == SummaryStatus.DONE
+
+
+# --- What writing a summary cost ------------------------------------------------------------
+
+PRICE = (Decimal("0.59"), Decimal("0.79"))  # USD per million tokens, input and output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_what_writing_a_summary_cost_is_recorded_with_its_re_ask_and_failed_try(fake_groq, settings):
+    settings.LLM_PRICES = {settings.GROQ_SUMMARY_MODEL: PRICE}
+    # The first try: an unusable answer and an unusable re-ask; the retry: fake Groq's default (30 + 15 tokens).
+    fake_groq.enqueue(json_reply("not json", usage=(100, 10)), json_reply('{"title": "no text"}', usage=(120, 12)))
+    session = session_with_messages("hello", "hi")
+    services.session_end(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert (summary.status, summary.attempts) == (SummaryStatus.DONE, 2)
+    assert (summary.prompt_tokens, summary.completion_tokens) == (250, 37)
+    assert summary.cost_usd == cost_usd(model=settings.GROQ_SUMMARY_MODEL, prompt_tokens=250, completion_tokens=37)
+    assert summary.cost_usd == (250 * PRICE[0] + 37 * PRICE[1]) / 1_000_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_without_usage_is_charged_by_estimate(fake_groq, settings):
+    """Groq's 400 json_validate_failed carries the text it generated but no usage: the tokens are estimated."""
+    settings.LLM_PRICES = {settings.GROQ_SUMMARY_MODEL: PRICE}
+    rejected = f"Here is the summary:\n```json\n{json.dumps(GOOD)}\n```\nEnjoy!"
+    fake_groq.enqueue(json_validate_failed_reply(rejected))
+    session = session_with_messages("Plan my Lisbon trip", "Sure.")
+    services.session_end(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert summary.status == SummaryStatus.DONE
+    assert summary.completion_tokens == math.ceil(len(rejected) / 4)
+    assert summary.prompt_tokens == tokens_estimate(summary_requests(fake_groq)[0]["messages"])
+    assert summary.cost_usd > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_summary_that_failed_for_good_still_shows_what_its_tries_cost(fake_groq, settings):
+    settings.LLM_PRICES = {}  # no price: the tokens are kept, the cost stays 0
+    fake_groq.enqueue(*[json_reply("never a summary", usage=(10, 1))] * 2 * (SUMMARY_MAX_RETRIES + 1))
+    session = session_with_messages("hello", "hi")
+    services.session_end(session_id=session.id)
+    summary = Summary.objects.get(session=session)
+    assert summary.status == SummaryStatus.FAILED
+    calls = 2 * (SUMMARY_MAX_RETRIES + 1)
+    assert (summary.prompt_tokens, summary.completion_tokens, summary.cost_usd) == (10 * calls, calls, 0)

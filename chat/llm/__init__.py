@@ -8,12 +8,13 @@ rate limited or down (`fallback.py`).
 
 from django.conf import settings
 
-from .types import ChatModel, Fallback, Finish, LLMError, StreamItem, TextDelta, ToolCall, Usage
+from .types import ChatModel, Fallback, Finish, JsonAnswer, LLMError, StreamItem, TextDelta, ToolCall, Usage
 
 __all__ = [
     "ChatModel",
     "Fallback",
     "Finish",
+    "JsonAnswer",
     "LLMError",
     "StreamItem",
     "TextDelta",

@@ -4,7 +4,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
-from .types import ChatModel, Fallback, LLMError, StreamItem
+from .types import ChatModel, Fallback, JsonAnswer, LLMError, StreamItem
 
 # Failures of the main model that the spare may answer for: not a bad request.
 FALLBACK_CODES = {"llm_rate_limited", "llm_unavailable"}
@@ -22,8 +22,6 @@ class FallbackChatModel:
         self.main, self.spare = main, spare
         self.mode, self.model, self.fast_model = main.mode, main.model, main.fast_model
         self.fallen_back = False
-        # The model that wrote the last `complete_json` answer (the spare's after a fallback).
-        self.answered_by = main.model
 
     async def stream(
         self,
@@ -57,7 +55,7 @@ class FallbackChatModel:
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
-    ) -> str:
+    ) -> JsonAnswer:
         """Return the main model's JSON answer, or the spare's when the main one is rate limited or down.
 
         The spare is asked in plain JSON mode: the schema was chosen for the main
@@ -65,12 +63,8 @@ class FallbackChatModel:
         every answer anyway.
         """
         try:
-            answer = await self.main.complete_json(messages=messages, model=model, schema=schema)
-            self.answered_by = model or self.main.model
-            return answer
+            return await self.main.complete_json(messages=messages, model=model, schema=schema)
         except LLMError as exc:
             if exc.code not in FALLBACK_CODES:
                 raise
-        answer = await self.spare.complete_json(messages=messages)
-        self.answered_by = self.spare.model
-        return answer
+        return await self.spare.complete_json(messages=messages)

@@ -6,9 +6,9 @@ from typing import Any, cast
 import groq
 import httpx
 
-from .chunks import json_format, request_body, response_read
+from .chunks import json_format, request_body, response_read, usage_from
 from .clients import client_for_loop
-from .types import LLMError, StreamItem, retry_after_seconds
+from .types import JsonAnswer, LLMError, StreamItem, retry_after_seconds
 
 
 def _error_from(exc: Exception) -> LLMError:
@@ -111,17 +111,19 @@ class GroqChatModel:
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
-    ) -> str:
+    ) -> JsonAnswer:
         """Return one whole reply, asked for in JSON mode, or shaped by `schema` (structured outputs) when given.
 
         A reply Groq itself rejects as not fitting (400 `json_validate_failed`)
         is returned as the text it rejected: the caller validates every answer
-        and may still read it (JSON in prose, a key named differently).
+        and may still read it (JSON in prose, a key named differently). Such an
+        answer comes without usage.
         """
+        model = model or self.model
         try:
             # Plain dicts where the SDK's signature names its TypedDicts: the same JSON.
             completion = await self._client_shared().chat.completions.create(
-                model=model or self.model,
+                model=model,
                 messages=cast(Any, messages),
                 response_format=cast(Any, json_format(schema)),
                 temperature=0.2,
@@ -130,11 +132,16 @@ class GroqChatModel:
             rejected = _failed_generation(exc)
             if rejected is None:
                 raise _error_from(exc) from exc
-            return rejected
+            return JsonAnswer(text=rejected, model=model)
         except (groq.APIError, httpx.HTTPError) as exc:
             raise _error_from(exc) from exc
         # A body that is not a completion (a proxy's page, say) comes back from the SDK as a string.
         choices = getattr(completion, "choices", None)
         if not choices:
             raise LLMError("llm_unavailable", "The model returned no answer.")
-        return choices[0].message.content or ""
+        usage = getattr(completion, "usage", None)
+        return JsonAnswer(
+            text=choices[0].message.content or "",
+            model=model,
+            usage=usage_from(usage.model_dump()) if usage is not None else None,
+        )

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator
 from functools import cache
 from typing import Any
 
-from .types import Finish, StreamItem, TextDelta, ToolCall, Usage
+from .types import Finish, JsonAnswer, StreamItem, TextDelta, ToolCall, Usage
 
 WORD_DELAY_SECONDS = 0.03
 _SEARCH = re.compile(
@@ -179,7 +179,13 @@ class OfflineChatModel:
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
-    ) -> str:
-        """Return an extractive summary of the transcript in the last message, as JSON (whatever `schema` asks)."""
+    ) -> JsonAnswer:
+        """Return an extractive summary of the transcript in the last message, as JSON (whatever `schema` asks).
+
+        Its usage counts words, as the offline replies do.
+        """
         transcript = str(messages[-1].get("content") or "") if messages else ""
-        return json.dumps(_summary_of(transcript))
+        text = json.dumps(_summary_of(transcript))
+        prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(text.split()))
+        return JsonAnswer(text=text, model=model or self.model, usage=usage)

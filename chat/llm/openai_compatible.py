@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from .chunks import json_format, request_body, response_read
+from .chunks import json_format, request_body, response_read, usage_from
 from .clients import client_for_loop
-from .types import LLMError, StreamItem, retry_after_seconds
+from .types import JsonAnswer, LLMError, StreamItem, retry_after_seconds
 
 # Statuses worth another try, before a byte of the reply was read.
 RETRIED = {408, 409, 429, 500, 502, 503, 504}
@@ -124,9 +124,10 @@ class OpenAICompatibleChatModel:
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
-    ) -> str:
+    ) -> JsonAnswer:
         """Return one whole reply in JSON mode (or shaped by `schema` with `json_schema`, when given)."""
-        body = {"model": model or self.model, "messages": messages, "temperature": 0.2}
+        model = model or self.model
+        body = {"model": model, "messages": messages, "temperature": 0.2}
         body["response_format"] = json_format(schema)
         try:
             response = await self._send(body, stream=False)
@@ -138,4 +139,9 @@ class OpenAICompatibleChatModel:
         choices = payload.get("choices") if isinstance(payload, dict) else None
         if not choices or not isinstance(choices[0], dict):
             raise LLMError("llm_unavailable", "The model returned no answer.")
-        return (choices[0].get("message") or {}).get("content") or ""
+        usage = payload.get("usage")
+        return JsonAnswer(
+            text=(choices[0].get("message") or {}).get("content") or "",
+            model=model,
+            usage=usage_from(usage) if isinstance(usage, dict) else None,
+        )

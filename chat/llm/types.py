@@ -51,6 +51,19 @@ class Fallback:
 StreamItem = TextDelta | ToolCall | Usage | Finish | Fallback
 
 
+@dataclass(frozen=True, slots=True)
+class JsonAnswer:
+    """One whole answer of `complete_json`: its text, the model that wrote it, and its usage.
+
+    `usage` is None when the service sent none (a rejected structured answer,
+    a server that does not count): the caller estimates what it cost.
+    """
+
+    text: str
+    model: str
+    usage: Usage | None = None
+
+
 def retry_after_seconds(header: str | None) -> float | None:
     """Return a Retry-After header's seconds, if it is a usable number (not an HTTP date, NaN or infinity)."""
     try:
@@ -91,6 +104,6 @@ class ChatModel(Protocol):
 
     async def complete_json(
         self, *, messages: list[dict[str, Any]], model: str | None = None, schema: dict[str, Any] | None = None
-    ) -> str:
+    ) -> JsonAnswer:
         """Return the whole reply to `messages` as one JSON object, following the JSON Schema `schema` if given."""
         ...

@@ -55,7 +55,9 @@
   chart("Errors by code", Object.entries(figures.errors_by_code || {}));
   chart("Top topics", (figures.top_topics || []).map(function (row) { return [row.topic, row.sessions]; }));
   chart("Sentiment", Object.entries(figures.sentiment || {}));
-  chart("Cost by model (USD)", Object.entries(figures.cost_by_model || {}));
+  chart("Cost (USD)", [["replies", figures.cost_usd], ["summaries", figures.summary_cost_usd],
+    ["in all", figures.total_cost_usd]]);
+  chart("Cost of replies by model (USD)", Object.entries(figures.cost_by_model || {}));
   chart("Cost by day (USD)", Object.entries(figures.cost_by_day || {}));
   chart("Top spenders (USD)", Object.entries(figures.cost_by_visitor || {}));
   chart("Replies rated up, by model", Object.entries(figures.feedback_by_model || {}).map(function (entry) {
