@@ -281,11 +281,15 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return session.turn_count
 
     def get_queryset(self, request):
-        # A session's cost: its replies' and its summary's (one-to-one: the join adds no rows).
+        # A session's cost and tokens: its replies' and its summary's (one-to-one: the join adds no rows).
+        summary_tokens = F("summary__prompt_tokens") + F("summary__completion_tokens")
         return (
             super()
             .get_queryset(request)
-            .annotate(total_cost_usd=F("cost_usd") + Coalesce(F("summary__cost_usd"), Decimal(0)))
+            .annotate(
+                total_cost_usd=F("cost_usd") + Coalesce(F("summary__cost_usd"), Decimal(0)),
+                total_tokens=F("prompt_tokens") + F("completion_tokens") + Coalesce(summary_tokens, 0),
+            )
         )
 
     @admin.display(description="cost (USD)", ordering="total_cost_usd")
@@ -306,9 +310,12 @@ class ChatSessionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def title_or_id(self, session: ChatSession) -> str:
         return session.title or str(session.id)[:8]
 
-    @admin.display(description="tokens")
+    @admin.display(description="tokens", ordering="total_tokens")
     def tokens(self, session: ChatSession) -> int:
-        return session.prompt_tokens + session.completion_tokens
+        """The replies' tokens and the summary's (annotated by get_queryset)."""
+        chat_tokens = session.prompt_tokens + session.completion_tokens
+        total: int = getattr(session, "total_tokens", chat_tokens)
+        return total
 
 
 class ReportPeriodForm(forms.Form):
