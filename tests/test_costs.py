@@ -161,6 +161,7 @@ def test_the_admin_adds_up_the_listed_sessions_per_user(client):
     assert "3 sessions listed" in everyone and "$4.937500" in everyone
     assert "replies $4.750000, summaries $0.187500" in everyone
     assert '<td class="field-cost">0.375000</td>' in everyone  # one session: its reply and its summary
+    assert '<td class="field-tokens">7</td>' in everyone  # its summary's tokens (its reply reported none)
     anas = client.get(f"/admin/audit/chatsession/?user__id__exact={ana.pk}").content.decode()
     assert "2 sessions listed" in anas and "$0.875000" in anas and "7 tokens" in anas  # the summary's
     # Each owner links to their sessions, an anonymous visitor by key (named by a hash, as in the reports).
