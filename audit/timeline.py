@@ -41,6 +41,10 @@ def reply_figures(data: dict[str, Any]) -> str:
         parts.append(f"{usage.get('prompt_tokens', 0)} + {usage.get('completion_tokens', 0)} tokens")
     if estimated := data.get("usage_estimated"):
         parts.append(f"~{estimated.get('prompt_tokens', 0)} + {estimated.get('completion_tokens', 0)} estimated")
+    if side := (data.get("context") or {}).get("summary_usage"):
+        # The history was cut and summarized first (chat.memory); the reply was charged for it.
+        tokens = f"{side.get('prompt_tokens', 0)} + {side.get('completion_tokens', 0)}"
+        parts.append(f"{'~' if side.get('estimated') else ''}{tokens} to summarize the history ({side.get('model')})")
     if data.get("cost_usd") is not None:
         parts.append(f"${data['cost_usd']:.6f}")
     if data.get("rounds", 1) > 1:

@@ -76,8 +76,20 @@ def test_a_reply_shows_its_figures_in_words(staff_client):
             "stop_reason": "client_gone",
         },
     )
+    services.event_record(
+        session_id=session.id,
+        type=EventType.ASSISTANT_MESSAGE,
+        content="after a cut",
+        data={
+            "model": "big",
+            "usage": {"prompt_tokens": 900, "completion_tokens": 40},
+            "context": {"summary_usage": {"model": "fast", "prompt_tokens": 400, "completion_tokens": 30}},
+            "cost_usd": 0.00125,
+        },
+    )
     page = staff_client.get(f"/admin/audit/chatsession/{session.id}/change/").content.decode()
     assert "big · first token 120 ms · 2.4 s · 30 + 5 tokens · 2 rounds · stopped (client_gone)" in page
+    assert "big · 900 + 40 tokens · 400 + 30 to summarize the history (fast) · $0.001250" in page
 
 
 def test_a_long_session_timeline_is_paginated(staff_client):
