@@ -27,6 +27,8 @@ class Charge:
     prompt: int
     completion: int
     estimated: bool
+    # What the call was for, when not the run's main work (a turn's "history_summary" call).
+    purpose: str = ""
 
 
 @dataclass
@@ -37,22 +39,24 @@ class Spend:
     # The model that answered the last call (the spare's after a fallback).
     last_model: str = ""
 
-    def add(self, *, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
+    def add(
+        self, *, model: str, prompt_tokens: int, completion_tokens: int, estimated: bool, purpose: str = ""
+    ) -> Charge:
         """Note a call's tokens against the model that answered it (calls may differ: a fallback, the fast model)."""
         self.last_model = model
+        charge = Charge(model, prompt_tokens, completion_tokens, estimated, purpose)
         if prompt_tokens or completion_tokens:
-            self.charges.append(Charge(model, prompt_tokens, completion_tokens, estimated))
+            self.charges.append(charge)
+        return charge
 
     def tokens(self) -> tuple[int, int]:
         """Return every prompt and completion token used, reported or estimated."""
         return sum(c.prompt for c in self.charges), sum(c.completion for c in self.charges)
 
-    def estimated(self) -> tuple[int, int]:
-        """Return the prompt and completion tokens that are estimates."""
-        return (
-            sum(c.prompt for c in self.charges if c.estimated),
-            sum(c.completion for c in self.charges if c.estimated),
-        )
+    def estimated(self, *, purpose: str = "") -> tuple[int, int]:
+        """Return the prompt and completion tokens that are estimates, of the calls made for `purpose`."""
+        charges = [c for c in self.charges if c.estimated and c.purpose == purpose]
+        return sum(c.prompt for c in charges), sum(c.completion for c in charges)
 
     def counted_by_model(self) -> dict[str, tuple[int, int]]:
         """Return the tokens the models reported (not the estimates), by model."""

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, DecimalField, Q, QuerySet, Sum
+from django.db.models import Count, DecimalField, F, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, TruncDate
 
@@ -28,6 +28,9 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 TOP_SPENDERS = 20
 _COST = Cast(KT("data__cost_usd"), DecimalField(max_digits=16, decimal_places=8))
+# The part of a reply's cost spent by the call that summarized its cut history, on its own model.
+_SIDE_MODEL = "data__context__summary_usage__model"
+_SIDE_COST = Cast(KT("data__context__summary_usage__cost_usd"), DecimalField(max_digits=16, decimal_places=8))
 
 
 def _usd(value: Any) -> float:
@@ -35,17 +38,30 @@ def _usd(value: Any) -> float:
 
 
 def cost_figures(replies: QuerySet[Event]) -> dict[str, Any]:
-    """Return what the replies cost: in all, by model, by day (UTC) and by the visitors who spent most."""
+    """Return what the replies cost: in all, by model, by day (UTC) and by the visitors who spent most.
+
+    By model, each model is charged for its own calls: a reply's history
+    summary (`context.summary_usage`, the fast model's) is split off its
+    reply's model.
+    """
     # The key present and not JSON null (SQLite casts a null to 0, PostgreSQL to NULL).
     priced = replies.filter(data__cost_usd__isnull=False).exclude(data__cost_usd=None).annotate(cost=_COST)
-    by_model = list(priced.values("data__model").annotate(total=Sum("cost")).order_by("-total"))
+    own = priced.annotate(side=Coalesce(_SIDE_COST, Decimal(0)))
+    by_model: dict[str, Decimal] = {}
+    for row in own.values("data__model").annotate(total=Sum(F("cost") - F("side"))):
+        by_model[row["data__model"] or "unknown"] = row["total"] or Decimal(0)
+    sides = priced.exclude(**{f"{_SIDE_MODEL}__isnull": True}).annotate(side=_SIDE_COST)
+    for row in sides.values(_SIDE_MODEL).annotate(total=Sum("side")):
+        if row["total"]:
+            model = row[_SIDE_MODEL] or "unknown"
+            by_model[model] = by_model.get(model, Decimal(0)) + row["total"]
     by_day = priced.annotate(day=TruncDate("created_at")).values("day").annotate(total=Sum("cost")).order_by("day")
     by_visitor = (
         priced.values("session__user__username", "session__anon_key").annotate(total=Sum("cost")).order_by("-total")
     )
     return {
-        "cost_usd": _usd(sum(row["total"] for row in by_model)),
-        "cost_by_model": {row["data__model"] or "unknown": _usd(row["total"]) for row in by_model},
+        "cost_usd": _usd(sum(by_model.values(), Decimal(0))),
+        "cost_by_model": {model: _usd(total) for model, total in sorted(by_model.items(), key=lambda kv: -kv[1])},
         "cost_by_day": {row["day"].isoformat(): _usd(row["total"]) for row in by_day},
         "cost_by_visitor": {
             visitor_label(username=row["session__user__username"], anon_key=row["session__anon_key"]): _usd(

@@ -326,9 +326,12 @@ def event_record(
         # Until a summary names it, a session is titled by its first message.
         changes.if_blank["title"] = _title_from(content)
     usage = data.get("usage") or {}
+    # The reply's own tokens, and those of the call that summarized its cut history (when reported).
+    side = (data.get("context") or {}).get("summary_usage") or {}
     for name in ("prompt_tokens", "completion_tokens"):
-        if usage.get(name):
-            changes.steps[name] = int(usage[name])
+        tokens = int(usage.get(name) or 0) + (0 if side.get("estimated") else int(side.get(name) or 0))
+        if tokens:
+            changes.steps[name] = tokens
     if data.get("cost_usd"):
         changes.steps["cost_usd"] = Decimal(str(data["cost_usd"]))
     next_seq = _session_change(session_id=session_id, changes=changes)
@@ -706,9 +709,11 @@ def summary_save(*, session_id: UUID, covers_seq: int, fields: SummaryFields) ->
     summary.status = SummaryStatus.DONE
     summary.covers_seq = covers_seq
     summary.error = ""
-    for name in ("title", "text", "key_topics", "action_items", "sentiment", "model"):
+    written = ["title", "text", "key_topics", "action_items", "sentiment", "model"]
+    for name in written:
         setattr(summary, name, getattr(fields, name))
-    summary.save()
+    # Only these: the attempts and the cost are bumped by UPDATEs of their own.
+    summary.save(update_fields=["status", "covers_seq", "error", *written, "updated_at"])
     # A title the owner chose stays.
     ChatSession.objects.filter(pk=session_id, title_by_owner=False).update(title=fields.title[:200])
     return True

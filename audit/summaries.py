@@ -397,12 +397,13 @@ def summary_generate(*, session_id: UUID) -> bool:
     try:
         return _summary_write(session_id=session_id, covers_seq=covers_seq, spend=spend)
     finally:
-        if spend.charges:
-            metrics.summary_spent(tokens_by_model=spend.counted_by_model(), cost_by_model=spend.cost_by_model()[0])
-            try:
+        # Never in the way of the outcome (a retry, a stored summary), whatever fails here.
+        try:
+            if spend.charges:
+                metrics.summary_spent(tokens_by_model=spend.counted_by_model(), cost_by_model=spend.cost_by_model()[0])
                 services.summary_spend_add(session_id=session_id, spend=spend)
-            except Exception:
-                logger.exception("could not record what the summary of session %s cost", session_id)
+        except Exception:
+            logger.exception("could not record what the summary of session %s cost", session_id)
 
 
 def _summary_write(*, session_id: UUID, covers_seq: int, spend: Spend) -> bool:

@@ -23,7 +23,7 @@ from django.conf import settings
 
 from audit import metrics, selectors
 from audit import services as audit_services
-from audit.costs import Spend, cost_usd
+from audit.costs import Charge, Spend, cost_usd
 from audit.models import EventType
 
 from . import tracing
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 STOP = "stop"
+# The purpose of a turn's model call that extended the rolling summary of a cut history.
+HISTORY_SUMMARY = "history_summary"
 CLIENT_GONE = "client_gone"
 
 # A finish_reason that cut the reply short: the error frame (code, message) that says so.
@@ -127,17 +129,19 @@ class Reply:
         produced = text + "".join(call.name + call.arguments for call in calls)
         return Usage(prompt_tokens=tokens_estimate(messages), completion_tokens=text_tokens_estimate(produced))
 
-    def charge(self, *, model: str, usage: Usage, estimated: bool) -> None:
+    def charge(self, *, model: str, usage: Usage, estimated: bool, purpose: str = "") -> Charge:
         """Note a model call's tokens against the model that used them (rounds may differ: a fallback).
 
         The turn's calls are its rounds and, when the history was cut, the
-        fast model's call that extended the rolling summary (chat.memory).
+        fast model's call that extended the rolling summary (chat.memory,
+        `purpose` HISTORY_SUMMARY: in the cost, not in `usage_estimated`).
         """
-        self.spend.add(
+        return self.spend.add(
             model=model,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             estimated=estimated,
+            purpose=purpose,
         )
 
     def cost(self) -> dict[str, Any]:
@@ -274,30 +278,30 @@ async def _converse(*, session_id: UUID, content: str, model: ChatModel, reply: 
     reply.strategy = strategy.record()
     # The history is fitted to the budget of the model the strategy chose.
     budget = _budget(strategy.model)
-    summary_usage: dict[str, Any] | None = None
     dropped, events = window_cut(events=events, system_prompt=strategy.system_prompt, earlier=earlier, budget=budget)
     if dropped:
         earlier, spent = await earlier_extend(model=model, earlier=earlier, dropped=dropped)
         if spent is not None:
             spent_by, spent_usage, estimated = spent
-            reply.charge(model=spent_by, usage=spent_usage, estimated=estimated)
-            # Charged to this reply, but not in its `usage` (the reply's own rounds).
-            summary_usage = {
+            charge = reply.charge(model=spent_by, usage=spent_usage, estimated=estimated, purpose=HISTORY_SUMMARY)
+            price = cost_usd(model=spent_by, prompt_tokens=charge.prompt, completion_tokens=charge.completion)
+            # Charged to this reply, but not in its `usage` (the reply's own rounds). Noted now: a
+            # stop landing in the save below still records it with the cost it is part of.
+            reply.context["summary_usage"] = {
                 "model": spent_by,
-                "prompt_tokens": spent_usage.prompt_tokens,
-                "completion_tokens": spent_usage.completion_tokens,
+                "prompt_tokens": charge.prompt,
+                "completion_tokens": charge.completion,
                 "estimated": estimated,
+                "cost_usd": float(price) if price is not None else None,
             }
         await context_summary_save(session_id=session_id, text=earlier, through_seq=dropped[-1].seq)
     messages = messages_build(events=events, system_prompt=strategy.system_prompt, earlier=earlier)
-    reply.context = {
+    reply.context |= {
         "budget_tokens": budget,
         "history_tokens": tokens_estimate(messages),
         "dropped_events": len(dropped),
         "summary_through_seq": dropped[-1].seq if dropped else state.context_summary_seq,
     }
-    if summary_usage is not None:
-        reply.context["summary_usage"] = summary_usage
     offered_tools = tools_enabled() if strategy.tools else []
     reply.tools_offered = [entry.name for entry in offered_tools]
     schemas = [entry.schema() for entry in offered_tools]

@@ -14,12 +14,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
 from audit import services
+from audit.costs import cost_usd
 from audit.models import ChatSession, EventType, Summary
 from chat.limits import token_budget_check
 from llmbacker.settings import _price
 
 from .conftest import ChatClient, events_of, text_of
-from .fake_groq import json_reply, text_reply
+from .fake_groq import json_reply, json_validate_failed_reply, text_reply
 from .test_context import long_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,37 +89,87 @@ async def test_a_stopped_reply_is_charged_for_what_it_used_by_estimate(avisitor,
     assert refusal is not None and refusal.code == "token_budget_exceeded"
 
 
-@pytest.mark.asyncio
-async def test_the_rolling_summary_s_model_call_is_charged_to_the_reply_that_needed_it(avisitor, priced, settings):
-    """A cut history is summarized by the fast model first: its tokens count in the reply's cost and the budget."""
+FAST_PRICE = (Decimal("0.10"), Decimal("0.20"))
+
+
+@pytest.fixture
+def cut_history(avisitor, priced, settings):
+    """A visitor's session of 30 turns, cut at the next turn (the fast model, priced apart, summarizes it first)."""
     settings.CHAT_CONTEXT_BUDGET_TOKENS = 600
-    settings.CHAT_TOKEN_BUDGET_PER_DAY = 500
-    visitor = await avisitor()
-    session = await sync_to_async(long_session)(visitor.session_key, 30)
-    priced.enqueue(
-        json_reply(json.dumps({"summary": "They asked thirty questions."}), usage=(400, 30)),
-        text_reply("Still here.", usage=(100, 10)),
-    )
+    settings.LLM_PRICES = {settings.GROQ_MODEL: PRICE, settings.GROQ_FAST_MODEL: FAST_PRICE}
+
+    async def start(*replies):
+        visitor = await avisitor()
+        session = await sync_to_async(long_session)(visitor.session_key, 30)
+        priced.enqueue(*replies)
+        return visitor, session
+
+    return start
+
+
+async def turn_on(visitor, session, wait_for_refusal: bool = False) -> tuple[list[dict], object]:
+    """Run one turn; with `wait_for_refusal`, wait (socket open) until the budget refuses the visitor."""
     client = ChatClient(visitor, session_id=session.id)
     await client.connect()
     frames = await client.turn("still there?")
+    refusal = None
+    if wait_for_refusal:
+        # The tokens are charged just after `done`: wait for it before closing.
+        for _ in range(40):
+            if refusal := await token_budget_check(visitor=f"anon:{visitor.session_key}"):
+                break
+            await asyncio.sleep(0.05)
     await client.close()
+    return frames, refusal
+
+
+@pytest.mark.asyncio
+async def test_the_rolling_summary_s_model_call_is_charged_to_the_reply_that_needed_it(cut_history, settings):
+    """A cut history is summarized by the fast model first: its tokens count in the reply's cost and the budget."""
+    settings.CHAT_TOKEN_BUDGET_PER_DAY = 500
+    visitor, session = await cut_history(
+        json_reply(json.dumps({"summary": "They asked thirty questions."}), usage=(400, 30)),
+        text_reply("Still here.", usage=(100, 10)),
+    )
+    frames, refusal = await turn_on(visitor, session, wait_for_refusal=True)
     assert frames[-1]["usage"] == {"prompt_tokens": 100, "completion_tokens": 10}  # the reply's own rounds
     reply = (await events_of(session.id))[-1]
+    summarized = cost_usd(model=settings.GROQ_FAST_MODEL, prompt_tokens=400, completion_tokens=30)
+    assert summarized == (400 * FAST_PRICE[0] + 30 * FAST_PRICE[1]) / 1_000_000
     assert reply.data["context"]["summary_usage"] == {
         "model": settings.GROQ_FAST_MODEL,
         "prompt_tokens": 400,
         "completion_tokens": 30,
         "estimated": False,
+        "cost_usd": float(summarized),
     }
-    assert reply.data["cost_usd"] == expected_cost(500, 40)
+    # Each call at its own model's price.
+    answered = cost_usd(model=reply.data["model"], prompt_tokens=100, completion_tokens=10)
+    assert reply.data["cost_usd"] == float(answered + summarized)
+    stored = await ChatSession.objects.aget(pk=session.id)
+    assert stored.cost_usd == answered + summarized
+    # The session's tokens: the thirty turns' (none reported), the reply's and the summary call's.
+    assert (stored.prompt_tokens, stored.completion_tokens) == (500, 40)
     # 110 tokens for the reply alone would leave room; with the summary's 430 the day's 500 are spent.
-    refusal = None
-    for _ in range(40):
-        if refusal := await token_budget_check(visitor=f"anon:{visitor.session_key}"):
-            break
-        await asyncio.sleep(0.05)
     assert refusal is not None and refusal.code == "token_budget_exceeded"
+
+
+@pytest.mark.asyncio
+async def test_a_history_summary_without_usage_is_estimated_apart_from_the_reply(cut_history, settings):
+    """Groq's json_validate_failed answer has no usage: estimated, charged, but not taken for the reply's rounds."""
+    visitor, session = await cut_history(
+        json_validate_failed_reply(json.dumps({"summary": "They asked thirty questions."})),
+        text_reply("Still here.", usage=(100, 10)),
+    )
+    await turn_on(visitor, session)
+    reply = (await events_of(session.id))[-1]
+    side = reply.data["context"]["summary_usage"]
+    assert side["estimated"] is True and side["prompt_tokens"] > 0 and side["completion_tokens"] > 0
+    assert "usage_estimated" not in reply.data  # the reply's own rounds all reported their usage
+    answered = cost_usd(model=reply.data["model"], prompt_tokens=100, completion_tokens=10)
+    assert reply.data["cost_usd"] == pytest.approx(float(answered) + side["cost_usd"])
+    stored = await ChatSession.objects.aget(pk=session.id)
+    assert (stored.prompt_tokens, stored.completion_tokens) == (100, 10)  # estimates are not counted as reported
 
 
 @pytest.mark.asyncio

@@ -223,3 +223,13 @@ async def test_a_whole_reply_missing_only_its_done_marker_is_kept(model, fake_gr
     items = await collect(model)
     assert "".join(i.text for i in items if isinstance(i, TextDelta)) == "whole answer"
     assert [i.reason for i in items if isinstance(i, Finish)] == ["stop"]
+
+
+def test_a_usage_object_with_odd_counts_gives_zero_not_an_error():
+    """A server's usage with a string, a negative, NaN or a bool for a count: 0 (the round is then not overcharged)."""
+    from chat.llm.chunks import usage_from
+
+    assert usage_from({"prompt_tokens": 12, "completion_tokens": 3.0}) == Usage(12, 3)
+    odd = usage_from({"prompt_tokens": "12", "completion_tokens": -3, "total_time": float("nan")})
+    assert (odd.prompt_tokens, odd.completion_tokens, odd.timings) == (0, 0, {})
+    assert usage_from({"prompt_tokens": True, "completion_tokens": float("inf")}) == Usage(0, 0)

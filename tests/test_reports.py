@@ -201,7 +201,7 @@ def test_a_report_is_the_same_few_queries_for_few_or_many_sessions(known_session
     with CaptureQueriesContext(connection) as many:
         figures = report_figures(**period)
     assert figures["sessions"] == 22
-    assert len(few) == len(many) <= 14
+    assert len(few) == len(many) <= 15
 
 
 def test_staff_download_a_report_as_csv(client, known_sessions):
@@ -232,3 +232,17 @@ def test_staff_build_a_report_for_any_period_from_the_admin(client, known_sessio
     assert report.figures["sessions"] == 2
     bad = client.post("/admin/audit/report/build/", {"first_day": "2026-01-11", "last_day": "2026-01-10"})
     assert "must not come after" in bad.content.decode() and Report.objects.count() == 1
+
+
+def test_the_cost_of_a_history_summary_goes_to_the_model_that_wrote_it():
+    """A reply's cost includes the fast model's call that summarized its cut history: by model, it is split off."""
+    session = session_at(DAY + timedelta(hours=1), model="big", anon_key="v")
+    t = DAY + timedelta(hours=1, minutes=1)
+    record(session, t, EventType.USER_MESSAGE, "go on")
+    side = {"model": "fast", "prompt_tokens": 400, "completion_tokens": 30, "estimated": False, "cost_usd": 0.0001}
+    record(session, t, EventType.ASSISTANT_MESSAGE, "on", model="big", cost_usd=0.0004, context={"summary_usage": side})
+    record(session, t, EventType.USER_MESSAGE, "and?")
+    record(session, t, EventType.ASSISTANT_MESSAGE, "so", model="big", cost_usd=0.0002, context={"budget_tokens": 1})
+    figures = report_figures(start=DAY, end=DAY + timedelta(days=1))
+    assert figures["cost_by_model"] == {"big": 0.0005, "fast": 0.0001}
+    assert figures["cost_usd"] == 0.0006

@@ -9,6 +9,7 @@ is sent and how its failures look: both build the request (`request_body`,
 """
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -64,16 +65,23 @@ class ToolCallMerger:
         ]
 
 
+def _token_count(value: Any) -> int:
+    """Return a usage object's token count; what is not a count (a string, a negative, NaN) is 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
+
+
 def usage_from(raw: dict[str, Any]) -> Usage:
     """Return the token usage (and Groq's timings, when given) of a usage object."""
     timings = {
         name: float(value)
         for name in ("queue_time", "prompt_time", "completion_time", "total_time")
-        if isinstance(value := raw.get(name), int | float)
+        if isinstance(value := raw.get(name), int | float) and math.isfinite(value)
     }
     return Usage(
-        prompt_tokens=raw.get("prompt_tokens") or 0,
-        completion_tokens=raw.get("completion_tokens") or 0,
+        prompt_tokens=_token_count(raw.get("prompt_tokens")),
+        completion_tokens=_token_count(raw.get("completion_tokens")),
         timings=timings,
     )
 
