@@ -42,7 +42,7 @@ class ChatSession(models.Model):
     anon_key = models.CharField(max_length=40, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=SessionStatus.choices, default=SessionStatus.ACTIVE)
     model = models.CharField(max_length=100, blank=True)
-    llm_mode = models.CharField(max_length=16, blank=True, help_text="groq or offline")
+    llm_mode = models.CharField(max_length=16, blank=True, help_text="groq, openai or offline")
     title = models.CharField(max_length=200, blank=True)
     # The owner named the session: summaries no longer retitle it.
     title_by_owner = models.BooleanField(default=False)

@@ -120,6 +120,35 @@ def test_reload_resumes_the_session_with_its_history(daphne_server, browser_page
     expect(page.locator(".msg")).to_have_count(0)
 
 
+def test_a_reload_mid_reply_redraws_the_earlier_tool_cards_once_the_reply_is_done(
+    daphne_server, browser_page, fake_groq_server
+):
+    fake_groq_server.reset()
+    page = browser_page
+    chat_open(page, daphne_server)
+    send(page, "what time is it?")
+    expect(page.locator(".tool-call .tool-result")).to_contain_text("timezone", timeout=10_000)
+    expect(page.locator(ASSISTANT).last).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=10_000)
+    send(page, "please be slow")
+    expect(page.locator(ASSISTANT).last.locator(".msg-text")).to_contain_text("word3", timeout=10_000)
+
+    page.reload()
+    expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    expect(page.locator(ASSISTANT).last).to_have_class(re.compile(r"\bstreaming\b"), timeout=10_000)
+    # While the reply runs, the history above it is the session frame's plain one.
+    page.click("#stop")
+    expect(page.locator(ASSISTANT).last.locator(".msg-meta")).to_contain_text("stopped", timeout=10_000)
+    # Once it is done, the recorded events draw the earlier reply's tool card again.
+    card = page.locator(".tool-call")
+    expect(card).to_have_count(1, timeout=10_000)
+    expect(card.locator(".tool-name")).to_have_text("current_time")
+    expect(page.locator(".msg[data-role='user']")).to_have_count(2)
+
+    page.click("#new-session")
+    expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=10_000)
+    expect(page.locator("#input")).to_be_focused()
+
+
 def test_staff_log_in_and_find_the_session_in_the_admin(daphne_server, browser_page, staff_account):
     page = browser_page
     chat_open(page, daphne_server)

@@ -82,6 +82,7 @@
     editing: null, // the element of the last user message while the reader edits it
     pending: null, // the turn this page asked for, until its first frame shows the server took it
     historyFresh: false, // the history was drawn with a turn running: its replay starts from it
+    historyPlain: false, // the history was drawn plainly with a turn running: drawn richly after its `done`
   };
 
   let turn = turnNew();
@@ -437,6 +438,8 @@
       historyRender(Array.isArray(frame.history) ? frame.history : []);
       // The history leaves out the running turn and what it replaced: its user_message is drawn as is.
       state.historyFresh = frame.turn_running === true;
+      // The plain history has no tool cards or figures: once the running reply is done, redraw it.
+      state.historyPlain = frame.turn_running === true && frame.resumed === true;
     }
     statusSet("connected");
     controlsUpdate();
@@ -529,6 +532,13 @@
     if (stopFocused || document.activeElement === document.body) els.input.focus({ preventScroll: true });
     scrollFollow();
     sessionsRefresh();
+    if (state.historyPlain) {
+      // Drawn plainly while this reply ran (a reload mid-reply): now every event is recorded.
+      state.historyPlain = false;
+      const token = {};
+      state.historyToken = token;
+      historyRichLoad(state.sessionId, token);
+    }
   }
 
   function onError(frame) {
@@ -1382,6 +1392,7 @@
   }
 
   function sessionStartNew() {
+    state.refocusInput = true; // a new session is for typing into, once its socket is up
     sessionOpen(uuid4(), "keep");
   }
 
