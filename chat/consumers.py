@@ -213,10 +213,8 @@ class SessionConsumer(ConnectionKeepingConsumer):
     async def _group_join(self, session_id: UUID) -> None:
         """Join the session's group: turns starting in other processes, staff watching. The chat goes on without it."""
         try:
-            await asyncio.wait_for(
-                self.channel_layer.group_add(session_group(session_id), self.channel_name),
-                timeout=LAYER_TIMEOUT_SECONDS,
-            )
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await self.channel_layer.group_add(session_group(session_id), self.channel_name)
             self.grouped = True
         except Exception:
             logger.warning("could not join the group of session %s", session_id, exc_info=True)
@@ -531,10 +529,8 @@ class SessionConsumer(ConnectionKeepingConsumer):
         if self.grouped:
             sid = self.session_id or UUID(self.scope["url_route"]["kwargs"]["session_id"])
             try:
-                await asyncio.wait_for(
-                    self.channel_layer.group_discard(session_group(sid), self.channel_name),
-                    timeout=LAYER_TIMEOUT_SECONDS,
-                )
+                async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                    await self.channel_layer.group_discard(session_group(sid), self.channel_name)
             except Exception:
                 logger.warning("could not leave the group of session %s", sid, exc_info=True)
         if self.session_id is None:

@@ -45,7 +45,8 @@ def _channel_layer_check() -> None:
 
 async def _outcome(check) -> str:
     try:
-        await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_SECONDS)
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            await check()
     except Exception as exc:  # a health check reports every failure, whatever it is
         return f"error: {type(exc).__name__}: {exc}"[:300]
     return "ok"

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # Keys of the limits in the shared Redis database start with this, apart from the channel layer's and Celery's.
 KEY_PREFIX = "llmbacker-limits"
 # Every message waits on the storage: a Redis that hangs should cost a second, not redis-py's default 5 s.
+# It bounds each check with `asyncio.timeout`, not with a socket timeout: with one, redis-py sends every
+# command through `asyncio.wait_for`, which on Python 3.11 can lose a cancel (see chat.layers).
 REDIS_TIMEOUT_SECONDS = 1.0
 
 
@@ -79,7 +81,7 @@ def _limiters_build(*, url: str) -> _Limiters:
         # burst of messages, and every limit then failed open.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=None,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
             timeout=REDIS_TIMEOUT_SECONDS,
@@ -173,20 +175,21 @@ async def message_allow(*, visitor: str, address: str) -> Refusal | None:
     visitor_key, address_key = ("visitor", visitor), ("address", address)
     try:
         limiters = _limiters_get()
-        # The address is tested before the visitor's message is counted, so a message refused for a crowded
-        # address does not also use up the visitor's own window.
-        if by_address and not await limiters.messages.test(by_address, *address_key):
-            return await _message_refusal(
-                limiters=limiters, item=by_address, identifiers=address_key, who=" from your network"
-            )
-        if by_visitor and not await limiters.messages.hit(by_visitor, *visitor_key):
-            return await _message_refusal(limiters=limiters, item=by_visitor, identifiers=visitor_key, who="")
-        if by_address and not await limiters.messages.hit(by_address, *address_key):
-            return await _message_refusal(
-                limiters=limiters, item=by_address, identifiers=address_key, who=" from your network"
-            )
-    except StorageError as exc:
-        logger.warning("rate limit storage failed, message of %s from %s let through: %s", visitor, address, exc)
+        async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+            # The address is tested before the visitor's message is counted, so a message refused for a
+            # crowded address does not also use up the visitor's own window.
+            if by_address and not await limiters.messages.test(by_address, *address_key):
+                return await _message_refusal(
+                    limiters=limiters, item=by_address, identifiers=address_key, who=" from your network"
+                )
+            if by_visitor and not await limiters.messages.hit(by_visitor, *visitor_key):
+                return await _message_refusal(limiters=limiters, item=by_visitor, identifiers=visitor_key, who="")
+            if by_address and not await limiters.messages.hit(by_address, *address_key):
+                return await _message_refusal(
+                    limiters=limiters, item=by_address, identifiers=address_key, who=" from your network"
+                )
+    except (StorageError, TimeoutError) as exc:
+        logger.warning("rate limit storage failed, message of %s from %s let through: %r", visitor, address, exc)
     return None
 
 
@@ -202,10 +205,12 @@ async def token_budget_check(*, visitor: str) -> Refusal | None:
         return None
     now = _utc_now()
     try:
-        if await _limiters_get().tokens.test(_token_item(budget=budget), visitor, now.date().isoformat()):
+        async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+            allowed = await _limiters_get().tokens.test(_token_item(budget=budget), visitor, now.date().isoformat())
+        if allowed:
             return None
-    except StorageError as exc:
-        logger.warning("token budget storage failed, turn of %s let through: %s", visitor, exc)
+    except (StorageError, TimeoutError) as exc:
+        logger.warning("token budget storage failed, turn of %s let through: %r", visitor, exc)
         return None
     tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     retry_after = math.ceil((tomorrow - now).total_seconds())
@@ -226,8 +231,9 @@ async def token_budget_charge(*, visitor: str, tokens: int) -> None:
         return
     try:
         # A hit over the budget is refused but still counted: the tokens were spent.
-        await _limiters_get().tokens.hit(
-            _token_item(budget=budget), visitor, _utc_now().date().isoformat(), cost=tokens
-        )
-    except StorageError as exc:
-        logger.warning("token budget storage failed, %d tokens of %s not counted: %s", tokens, visitor, exc)
+        async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+            await _limiters_get().tokens.hit(
+                _token_item(budget=budget), visitor, _utc_now().date().isoformat(), cost=tokens
+            )
+    except (StorageError, TimeoutError) as exc:
+        logger.warning("token budget storage failed, %d tokens of %s not counted: %r", tokens, visitor, exc)

@@ -44,6 +44,8 @@ WATCH_LEASE_SECONDS = 60.0
 # A frame for the watchers that the layer does not take within this is skipped (the chat goes on).
 WATCH_SEND_TIMEOUT_SECONDS = 1.0
 WATCHED_PRUNE_AT = 1000
+# How long `hub_close` keeps cancelling the hub's tasks before it gives up on them (with a warning).
+HUB_CLOSE_SECONDS = 5.0
 
 
 def session_group(session_id: UUID) -> str:
@@ -123,7 +125,8 @@ class Stream:
         else:
             message = {"type": "turn.frame", "frame": list(frame), "owner": self.hub.channel}
         try:
-            await asyncio.wait_for(self.hub.layer.send(channel, message), timeout=LAYER_TIMEOUT_SECONDS)
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await self.hub.layer.send(channel, message)
         except Exception as exc:
             logger.warning(
                 "session %s: stopped sending frames to %s (%s: %s)", self.session_id, channel, type(exc).__name__, exc
@@ -264,9 +267,8 @@ class Hub:
 
     async def _group_leave(self, session_id: UUID) -> None:
         try:
-            await asyncio.wait_for(
-                self.layer.group_discard(session_group(session_id), self.channel), timeout=LAYER_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await self.layer.group_discard(session_group(session_id), self.channel)
         except Exception:
             logger.warning("could not leave the group of session %s", session_id, exc_info=True)
 
@@ -302,9 +304,11 @@ class Hub:
         group = session_group(session_id)
         started = {"type": "turn.started", "session_id": str(session_id), "owner": self.channel, "base": base}
         try:
-            await asyncio.wait_for(self.layer.group_add(group, self.channel), timeout=LAYER_TIMEOUT_SECONDS)
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await self.layer.group_add(group, self.channel)
             self.grouped.add(session_id)
-            await asyncio.wait_for(self.layer.group_send(group, started), timeout=LAYER_TIMEOUT_SECONDS)
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await self.layer.group_send(group, started)
         except Exception:
             logger.warning("could not announce the turn of session %s to its other sockets", session_id, exc_info=True)
 
@@ -367,7 +371,8 @@ class Hub:
 
     async def request_send(self, owner: str, message: dict[str, Any]) -> None:
         """Send a request to the process running a turn (`owner`: its channel)."""
-        await asyncio.wait_for(self.layer.send(owner, message), timeout=LAYER_TIMEOUT_SECONDS)
+        async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+            await self.layer.send(owner, message)
 
     # --- Staff watching ------------------------------------------------------------------------------
 
@@ -387,10 +392,8 @@ class Hub:
             del self.watched_until[session_id]
             return
         try:
-            await asyncio.wait_for(
-                self.layer.group_send(watch_group(session_id), {"type": "watch.frame", "text": text}),
-                timeout=WATCH_SEND_TIMEOUT_SECONDS,
-            )
+            async with asyncio.timeout(WATCH_SEND_TIMEOUT_SECONDS):
+                await self.layer.group_send(watch_group(session_id), {"type": "watch.frame", "text": text})
         except Exception:
             # Watching is a convenience: it never breaks the chat.
             logger.warning("could not copy a frame to the watchers of session %s", session_id, exc_info=True)
@@ -404,17 +407,24 @@ async def hub_close() -> None:
 
     daphne never needs this (its loop lasts as long as the process); an event
     loop that ends while the hub still reads from Redis (a test's) would
-    otherwise wait at its close for a cancelled read that channels-redis and
-    redis-py may not give back.
+    otherwise wait at its close, which cancels each task once, for a read
+    that took no notice of that cancel. A cancel can be lost on Python 3.11:
+    `asyncio.wait_for` returns the inner result when both arrive in one step
+    of the loop (fixed in 3.12), and redis-py sends every command through it
+    when its connection has a `socket_timeout` (the channel layer's has none,
+    see `chat.layers`). So each task is cancelled again until it ends.
     """
     found = _hubs.pop(asyncio.get_running_loop(), None)
     if found is None:
         return
-    tasks = [task for task in (found._receiving, *found._tasks) if task is not None and not task.done()]
-    for task in tasks:
-        task.cancel()
+    tasks = {task for task in (found._receiving, *found._tasks) if task is not None and not task.done()}
+    deadline = asyncio.get_running_loop().time() + HUB_CLOSE_SECONDS
+    while tasks and asyncio.get_running_loop().time() < deadline:
+        for task in tasks:
+            task.cancel()
+        _, tasks = await asyncio.wait(tasks, timeout=0.1)
     if tasks:
-        await asyncio.wait(tasks, timeout=5)
+        logger.warning("the chat hub's tasks did not end on cancel: %s", tasks)
 
 
 def hub() -> Hub:

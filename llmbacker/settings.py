@@ -164,10 +164,9 @@ if REDIS_URL:
         "default": {
             # channels-redis, with a receive that waits out a Redis restart.
             "BACKEND": "chat.layers.RedisChannelLayer",
-            # redis-py 8 defaults to a 5 s socket timeout, which kills the
-            # layer's blocking reads (channels_redis#422): keep it above that.
+            # Its connections have no socket timeout (see chat.layers.RedisChannelLayer.create_pool).
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": REDIS_MAX_CONNECTIONS}],
+                "hosts": [{"address": REDIS_URL, "max_connections": REDIS_MAX_CONNECTIONS}],
                 # Messages waiting on one channel: a socket of another process
                 # following a fast reply may fall a few hundred frames behind.
                 "capacity": CHANNEL_CAPACITY,

@@ -18,7 +18,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "chat.layers.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": REDIS_MAX_CONNECTIONS}],
+                "hosts": [{"address": REDIS_URL, "max_connections": REDIS_MAX_CONNECTIONS}],
                 "prefix": f"llmbacker-test-{REDIS_TEST_DB}",
             },
         }

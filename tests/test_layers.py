@@ -8,6 +8,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chat.layers import RedisChannelLayer
 
+from .conftest import on_redis, service_missing
+
 pytestmark = pytest.mark.asyncio
 
 
@@ -49,3 +51,32 @@ async def test_an_outage_is_waited_out(monkeypatch):
     layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1/0"])
     assert await asyncio.wait_for(layer.receive("specific.x!y"), timeout=5) == {"type": "hello"}
     assert len(calls) == 3
+
+
+async def test_a_receive_on_the_configured_layer_ends_on_a_cancel_at_every_step(settings):
+    """A cancel reaches the receive wherever it is: connecting, sending, reading.
+
+    Channels cancels a consumer's receive once when its socket closes and
+    waits for it before the consumer's cleanup runs. With a socket timeout,
+    redis-py sent each command through `asyncio.wait_for`, which on Python
+    3.11 drops a cancel arriving in the loop step its send ends in: the
+    receive then read on for good (a test's loop hung at its close). Every
+    step of the receive's first reads gets a cancel, on the layer as the
+    settings configure it.
+    """
+    if not on_redis():
+        service_missing("REDIS_URL is not set: the Redis channel layer is not in use")
+    layer = RedisChannelLayer(**settings.CHANNEL_LAYERS["default"]["CONFIG"])
+    channel = await layer.new_channel()
+    try:
+        for steps in range(80):
+            receiving = asyncio.create_task(layer.receive(channel))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            receiving.cancel()
+            await asyncio.wait([receiving], timeout=5)
+            assert receiving.cancelled(), f"the cancel after {steps} steps was lost: {receiving}"
+        await layer.send(channel, {"type": "still.working"})
+        assert await asyncio.wait_for(layer.receive(channel), timeout=5) == {"type": "still.working"}
+    finally:
+        await layer.flush()

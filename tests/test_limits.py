@@ -185,6 +185,48 @@ async def test_storage_outage_lets_messages_and_turns_through_with_a_warning(set
     assert "let through" in warnings[0].getMessage()
 
 
+async def test_a_redis_that_never_answers_costs_a_message_about_a_second(settings, caplog):
+    """A Redis that takes the connection and then says nothing: the check gives up after REDIS_TIMEOUT_SECONDS."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    caplog.set_level(logging.WARNING, logger="chat.limits")
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        assert await message_allow(visitor=visitor_new(), address=address_new()) is None
+        waited = loop.time() - started
+    finally:
+        silent.close()
+    assert limits.REDIS_TIMEOUT_SECONDS <= waited < limits.REDIS_TIMEOUT_SECONDS + 2
+    assert "TimeoutError" in caplog.records[-1].getMessage()
+
+
+async def test_a_cancelled_limit_check_is_cancelled_at_every_step(settings):
+    """A cancel (a stop, a socket's end) reaches the check wherever it is, never swallowed on the way.
+
+    With a socket timeout, redis-py sends each command through `asyncio.wait_for`,
+    which on Python 3.11 drops a cancel arriving in the loop step its send ends
+    in; the check then went on as if nothing had happened. Each step of the
+    check (fresh connections every time) gets a cancel.
+    """
+    if not on_redis():
+        service_missing("the limits keep their counts in Redis only when REDIS_URL is set")
+    cancelled = 0
+    for steps in range(200):
+        await limits.limits_storage_close()
+        checking = asyncio.create_task(message_allow(visitor=visitor_new(), address=address_new()))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        if checking.done():
+            break
+        checking.cancel()
+        await asyncio.wait([checking], timeout=5)
+        assert checking.cancelled(), f"the cancel after {steps} steps was lost: {checking}"
+        cancelled += 1
+    assert checking.done() and not checking.cancelled() and cancelled > 10
+
+
 async def test_limit_keys_in_redis_carry_the_limits_prefix(settings):
     if not on_redis():
         service_missing("the limits keep their counts in Redis only when REDIS_URL is set")

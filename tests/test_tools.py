@@ -122,6 +122,37 @@ def test_exception_and_timeout_become_failed_results(temporary_tools):
     assert json.loads(timed_out.for_model()) == {"ok": False, "error": "tool timed out after 0.2 s"}
 
 
+def test_a_stop_that_arrives_as_a_tool_finishes_is_not_lost(temporary_tools):
+    """A cancel (the user's stop) in the same step of the loop as the tool's end still cancels the turn.
+
+    `asyncio.wait_for` on Python 3.11 returned the tool's result then and
+    dropped the cancel, so the turn went on after the stop.
+    """
+
+    @tool
+    async def quick() -> str:
+        """Answer after one step."""
+        await asyncio.sleep(0)
+        return "done"
+
+    async def cancel_at_every_step() -> list[str]:
+        seen = []
+        for steps in range(6):
+            running = asyncio.create_task(tool_run(name="quick", arguments="{}"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            if running.done():
+                seen.append("finished")
+                continue
+            running.cancel()
+            await asyncio.wait([running])
+            seen.append("cancelled" if running.cancelled() else "cancel lost")
+        return seen
+
+    seen = asyncio.run(cancel_at_every_step())
+    assert "cancel lost" not in seen and seen[0] == "cancelled" and seen[-1] == "finished", seen
+
+
 @pytest.mark.parametrize(
     ("expression", "result"),
     [("(2 + 3) * 4", 20), ("7 / 2", 3.5), ("7 // 2", 3), ("2 ** 10", 1024), ("2^8", 256), ("-3 + +4", 1),

@@ -240,7 +240,8 @@ async def tool_run(*, name: str, arguments: str, context: ToolContext | None = N
         call = sync_to_async(entry.function, thread_sensitive=False)
     timeout = entry.timeout or settings.CHAT_TOOL_TIMEOUT_SECONDS
     try:
-        result = await asyncio.wait_for(call(**parsed), timeout=timeout)
+        async with asyncio.timeout(timeout):
+            result = await call(**parsed)
     except TimeoutError:
         return outcome(False, f"tool timed out after {timeout:g} s")
     except Exception as exc:  # a tool's own failure is an answer for the model, not a crash
