@@ -7,6 +7,8 @@ from audit.metrics import metrics_view
 
 admin.site.site_header = "LLM-Backer audit trail"
 admin.site.site_title = "LLM-Backer admin"
+# Two apps need no side menu on every page; the session list needs the width (its filters take the right).
+admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("admin/", admin.site.urls),

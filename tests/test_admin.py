@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from audit import services
 from audit.models import ChatSession, EventType, Summary
@@ -47,6 +48,21 @@ def test_staff_see_sessions_listed(staff_client):
     row = row[: row.index("</tr>")]
     assert "hello admin" in row  # the title, from the summary
     assert ">Ended<" in row
+
+
+def test_admin_pages_ask_for_no_favicon(staff_client):
+    """Each admin page names an empty icon, so browsers do not ask for /favicon.ico (a 404 every page)."""
+    session = recorded_session("icon")
+    for page in (
+        staff_client.get("/admin/"),
+        staff_client.get("/admin/audit/chatsession/"),
+        staff_client.get(f"/admin/audit/chatsession/{session.id}/change/"),
+        Client().get("/admin/login/"),
+    ):
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert html.count('<link rel="icon" href="data:,">') == 1
+        assert "LLM-Backer" in html  # still the project's admin, title and header
 
 
 def test_a_session_page_shows_its_events_in_order_and_the_summary(staff_client):

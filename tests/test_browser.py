@@ -156,9 +156,24 @@ def test_staff_log_in_and_find_the_session_in_the_admin(daphne_server, browser_p
     expect(page.locator(ASSISTANT).last).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=10_000)
     session_id = page.locator("#session-id").inner_text().strip()
 
+    page.set_viewport_size({"width": 1400, "height": 900})
     admin_login(page, daphne_server, staff_account, STAFF_PASSWORD, "/admin/audit/chatsession/")
     expect(page.locator(f"a[href*='{session_id}']")).to_have_count(1, timeout=10_000)
     shot(page, "06-admin-list")
+    # At 1,400 px the list fits: no sideways scroll, the title on one line, no side menu taking the width.
+    layout = page.evaluate(
+        """(sessionId) => {
+            const results = document.querySelector('.results');
+            const row = document.querySelector(`a[href*='${sessionId}']`).closest('tr');
+            const range = document.createRange();
+            range.selectNodeContents(row.querySelector('td.field-title_or_id'));
+            const lines = new Set([...range.getClientRects()].map((rect) => Math.round(rect.top))).size;
+            return {overflow: results.scrollWidth - results.clientWidth, titleLines: lines,
+                    sideMenu: document.getElementById('nav-sidebar') !== null};
+        }""",
+        session_id,
+    )
+    assert layout == {"overflow": 0, "titleLines": 1, "sideMenu": False}
     page.goto(f"{daphne_server}/admin/audit/chatsession/{session_id}/change/")
     expect(page.locator("body")).to_contain_text("hello admin view")
     shot(page, "07-admin-session")
