@@ -603,15 +603,27 @@ class SessionWatchConsumer(ConnectionKeepingConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.session_id = session_id = UUID(self.scope["url_route"]["kwargs"]["session_id"])
-        await self.channel_layer.group_add(watch_group(session_id), self.channel_name)
+        try:
+            async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                await self.channel_layer.group_add(watch_group(session_id), self.channel_name)
+        except Exception as exc:
+            # Without the layer there is nothing to watch through.
+            logger.warning("could not watch session %s: %s", session_id, repr(exc))
+            await self.close(code=CLOSE_SERVER_ERROR)
+            return
         self.renewing = asyncio.create_task(self._renew(session_id))
 
     async def _renew(self, session_id: UUID) -> None:
         """Renew the watch lease with the session's sockets, now and every WATCH_RENEW_SECONDS."""
         while True:
-            await self.channel_layer.group_send(
-                session_group(session_id), {"type": "watch.start", "session_id": str(session_id)}
-            )
+            try:
+                async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                    await self.channel_layer.group_send(
+                        session_group(session_id), {"type": "watch.start", "session_id": str(session_id)}
+                    )
+            except Exception as exc:
+                # The next renewal may get through; meanwhile the frames stop once the lease runs out.
+                logger.warning("could not renew the watch of session %s: %s", session_id, repr(exc))
             await asyncio.sleep(WATCH_RENEW_SECONDS)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -626,4 +638,9 @@ class SessionWatchConsumer(ConnectionKeepingConsumer):
         if self.renewing is not None:
             self.renewing.cancel()
         if self.session_id is not None:
-            await self.channel_layer.group_discard(watch_group(self.session_id), self.channel_name)
+            try:
+                async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                    await self.channel_layer.group_discard(watch_group(self.session_id), self.channel_name)
+            except Exception as exc:
+                # The group's entry expires by itself (channels-redis's group_expiry).
+                logger.warning("could not leave the watchers of session %s: %s", self.session_id, repr(exc))

@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import socket
 import time
 from typing import Any
 
@@ -10,6 +9,8 @@ from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .redis_options import pool_options
 
 logger = logging.getLogger(__name__)
 
@@ -20,17 +21,6 @@ RETRY_MAX_SECONDS = 5.0
 # full fails with the pool's own error rather than a cancel in the middle of the wait.
 POOL_WAIT_SECONDS = 4.0
 CONNECT_TIMEOUT_SECONDS = 5.0
-# A Redis that vanished without closing its connections (a host gone, a network cut) is noticed
-# after ~30 s of silence: probes after 15 s idle, every 5 s, 3 unanswered (Linux names; none elsewhere).
-KEEPALIVE_OPTIONS = {
-    option: value
-    for option, value in (
-        (getattr(socket, "TCP_KEEPIDLE", None), 15),
-        (getattr(socket, "TCP_KEEPINTVL", None), 5),
-        (getattr(socket, "TCP_KEEPCNT", None), 3),
-    )
-    if option is not None
-}
 
 
 class RedisChannelLayer(BaseRedisChannelLayer):
@@ -57,26 +47,17 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         TCP connect and a CLIENT SETINFO. `max_connections` in the host's
         settings is the size.
 
-        The connections have no socket timeout unless the host sets one.
-        redis-py defaults to 5 s, which cut the layer's blocking 5 s reads
-        (channels_redis#422); and with any socket timeout it sends each
-        command through `asyncio.wait_for`, which on Python 3.11 loses a
-        cancel that arrives in the same step of the loop as the send's end
-        (fixed in 3.12). A lost cancel left a receive reading for good, and
-        Channels waits for its cancelled receive before a consumer ends, so
-        the socket's `disconnect` cleanup never ran. The layer's own calls
-        are bounded by the callers (`asyncio.timeout`); a peer that vanishes
-        without closing the connection is found by TCP keepalive.
+        The connections have no socket timeout unless the host sets one
+        (redis-py's default of 5 s also cut the layer's blocking 5 s reads,
+        channels_redis#422): see `chat.redis_options`. The callers bound
+        their layer calls with `asyncio.timeout`.
         """
         host = dict(self.hosts[index])
         if "address" not in host:
             return super().create_pool(index)
-        host.setdefault("timeout", POOL_WAIT_SECONDS)
-        host.setdefault("socket_timeout", None)
-        host.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_SECONDS)
-        host.setdefault("socket_keepalive", True)
-        host.setdefault("socket_keepalive_options", KEEPALIVE_OPTIONS)
-        return BlockingConnectionPool.from_url(host.pop("address"), **host)
+        address = host.pop("address")
+        options = {"timeout": POOL_WAIT_SECONDS, **pool_options(address, connect_timeout=CONNECT_TIMEOUT_SECONDS)}
+        return BlockingConnectionPool.from_url(address, **{**options, **host})
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add the channel to the group in one round trip (channels-redis sends its two commands one by one)."""

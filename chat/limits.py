@@ -37,13 +37,14 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.errors import StorageError
 
+from .redis_options import pool_options
+
 logger = logging.getLogger(__name__)
 
 # Keys of the limits in the shared Redis database start with this, apart from the channel layer's and Celery's.
 KEY_PREFIX = "llmbacker-limits"
 # Every message waits on the storage: a Redis that hangs should cost a second, not redis-py's default 5 s.
-# It bounds each check with `asyncio.timeout`, not with a socket timeout: with one, redis-py sends every
-# command through `asyncio.wait_for`, which on Python 3.11 can lose a cancel (see chat.layers).
+# It bounds each check with `asyncio.timeout`, not with a socket timeout (see chat.redis_options).
 REDIS_TIMEOUT_SECONDS = 1.0
 
 
@@ -81,10 +82,9 @@ def _limiters_build(*, url: str) -> _Limiters:
         # burst of messages, and every limit then failed open.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
-            socket_timeout=None,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
             timeout=REDIS_TIMEOUT_SECONDS,
+            **pool_options(url, connect_timeout=REDIS_TIMEOUT_SECONDS),
         )
         # The URI only picks redis-py over coredis and valkey here; the pool carries the address.
         uri = "async+redis+unix" + url.removeprefix("unix") if url.startswith("unix:") else "async+" + url

@@ -44,7 +44,7 @@ WATCH_LEASE_SECONDS = 60.0
 # A frame for the watchers that the layer does not take within this is skipped (the chat goes on).
 WATCH_SEND_TIMEOUT_SECONDS = 1.0
 WATCHED_PRUNE_AT = 1000
-# How long `hub_close` keeps cancelling the hub's tasks before it gives up on them (with a warning).
+# How long `hub_close` waits for the hub's tasks to end on their cancel (then as long again, cancelling).
 HUB_CLOSE_SECONDS = 5.0
 
 
@@ -360,7 +360,8 @@ class Hub:
         elif kind == "turn.follow":
             if stream is None:
                 gone = {"type": "turn.gone", "session_id": str(session_id), "owner": self.channel}
-                await self.layer.send(message["channel"], gone)
+                async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                    await self.layer.send(message["channel"], gone)
             else:
                 # Its own task: replaying must not hold up the other requests. An unfollow
                 # handled before that task ends keeps it from adding the channel.
@@ -402,29 +403,37 @@ class Hub:
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
 
 
-async def hub_close() -> None:
+async def hub_close() -> list[asyncio.Task]:
     """Stop the running event loop's hub, if it has one: its request loop and its background tasks.
 
     daphne never needs this (its loop lasts as long as the process); an event
     loop that ends while the hub still reads from Redis (a test's) would
-    otherwise wait at its close, which cancels each task once, for a read
-    that took no notice of that cancel. A cancel can be lost on Python 3.11:
-    `asyncio.wait_for` returns the inner result when both arrive in one step
-    of the loop (fixed in 3.12), and redis-py sends every command through it
-    when its connection has a `socket_timeout` (the channel layer's has none,
-    see `chat.layers`). So each task is cancelled again until it ends.
+    otherwise wait at its close for a read that took no notice of its cancel.
+    Each task is cancelled once and given HUB_CLOSE_SECONDS to end (a turn
+    records its stopped reply on the way out). One that outlives that lost
+    its cancel (see `chat.redis_options` for how that happened): it is
+    logged, cancelled again until it ends (or another HUB_CLOSE_SECONDS
+    pass), and returned, so a test can fail on it.
     """
-    found = _hubs.pop(asyncio.get_running_loop(), None)
+    loop = asyncio.get_running_loop()
+    found = _hubs.pop(loop, None)
     if found is None:
-        return
+        return []
     tasks = {task for task in (found._receiving, *found._tasks) if task is not None and not task.done()}
-    deadline = asyncio.get_running_loop().time() + HUB_CLOSE_SECONDS
-    while tasks and asyncio.get_running_loop().time() < deadline:
-        for task in tasks:
+    if not tasks:
+        return []
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=HUB_CLOSE_SECONDS)
+    stubborn = list(pending)
+    if pending:
+        logger.warning("the chat hub's tasks outlived their cancel: %s", pending)
+    deadline = loop.time() + HUB_CLOSE_SECONDS
+    while pending and loop.time() < deadline:
+        for task in pending:
             task.cancel()
-        _, tasks = await asyncio.wait(tasks, timeout=0.1)
-    if tasks:
-        logger.warning("the chat hub's tasks did not end on cancel: %s", tasks)
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    return stubborn
 
 
 def hub() -> Hub:

@@ -80,3 +80,12 @@ async def test_a_receive_on_the_configured_layer_ends_on_a_cancel_at_every_step(
         assert await asyncio.wait_for(layer.receive(channel), timeout=5) == {"type": "still.working"}
     finally:
         await layer.flush()
+
+
+async def test_a_unix_socket_address_carries_messages(unix_redis):
+    """Keepalive is a TCP option: a layer on a Unix socket gets none (redis-py's Unix connection refuses it)."""
+    layer = RedisChannelLayer(hosts=[{"address": unix_redis}])
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "over.unix"})
+    assert await asyncio.wait_for(layer.receive(channel), timeout=5) == {"type": "over.unix"}
+    await layer.flush()

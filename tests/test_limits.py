@@ -202,6 +202,17 @@ async def test_a_redis_that_never_answers_costs_a_message_about_a_second(setting
     assert "TimeoutError" in caplog.records[-1].getMessage()
 
 
+async def test_limits_count_on_a_redis_behind_a_unix_socket(settings, unix_redis, caplog):
+    settings.REDIS_URL = unix_redis
+    settings.CHAT_RATE_LIMIT_MESSAGES = 1
+    caplog.set_level(logging.WARNING, logger="chat.limits")
+    visitor = visitor_new()
+    assert await message_allow(visitor=visitor, address=address_new()) is None
+    refusal = await message_allow(visitor=visitor, address=address_new())
+    assert refusal is not None and refusal.code == "rate_limited"
+    assert not caplog.records  # counted in that Redis, not let through on a storage failure
+
+
 async def test_a_cancelled_limit_check_is_cancelled_at_every_step(settings):
     """A cancel (a stop, a socket's end) reaches the check wherever it is, never swallowed on the way.
 
@@ -213,7 +224,9 @@ async def test_a_cancelled_limit_check_is_cancelled_at_every_step(settings):
     if not on_redis():
         service_missing("the limits keep their counts in Redis only when REDIS_URL is set")
     cancelled = 0
-    for steps in range(200):
+    # Every step up to 300 (the whole check takes ~20-70 on a local Redis), then ever wider ones
+    # until the check ends before its cancel, however slow the Redis.
+    for steps in [*range(300), *(int(300 * 1.2**n) for n in range(1, 60))]:
         await limits.limits_storage_close()
         checking = asyncio.create_task(message_allow(visitor=visitor_new(), address=address_new()))
         for _ in range(steps):

@@ -68,3 +68,46 @@ async def test_an_unwatched_turn_sends_nothing_to_watchers(avisitor):
             await layer.receive(listener)
     await layer.group_discard(watch_group(chat.session_id), listener)
     await chat.close()
+
+
+async def test_a_layer_that_does_not_answer_closes_the_watch_and_is_left_on_leaving(avisitor, monkeypatch):
+    """Each layer call of a watcher is bounded: a stalled layer gets a 4500 close, not a socket hung for good."""
+    from chat import consumers
+
+    layer = get_channel_layer()
+
+    async def never(*args, **kwargs):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(consumers, "LAYER_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(layer, "group_add", never)
+    monkeypatch.setattr(layer, "group_discard", never)
+    watch = watcher(await staff_visitor(avisitor), "8b3f6c1e-0d1f-4a0e-9c36-2a1f6f3e5d01")
+    assert (await watch.connect())[0]
+    assert await watch.receive_output(timeout=3) == {"type": "websocket.close", "code": 4500}
+    await asyncio.wait_for(watch.wait(), timeout=3)  # the consumer ended, its group_discard given up on
+
+
+async def test_a_failed_renewal_is_tried_again(avisitor, monkeypatch):
+    from chat import consumers
+
+    layer = get_channel_layer()
+    sent = []
+    real_group_send = layer.group_send
+
+    async def fail_first(group, message):
+        sent.append(message["type"])
+        if len(sent) == 1:
+            raise ConnectionError("layer away")
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(consumers, "WATCH_RENEW_SECONDS", 0.1)
+    monkeypatch.setattr(layer, "group_send", fail_first)
+    watch = watcher(await staff_visitor(avisitor), "8b3f6c1e-0d1f-4a0e-9c36-2a1f6f3e5d02")
+    assert (await watch.connect())[0]
+    for _ in range(50):
+        if len(sent) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert sent[:3] == ["watch.start"] * 3
+    await watch.disconnect()
