@@ -22,7 +22,7 @@ from .handshake import Caller, caller_identify, user_resolve
 from .presence import presence
 from .protocol import ClientFrame, FrameError, frame_parse
 from .retry import database_retry
-from .streams import Frame, hub, session_group, watch_group
+from .streams import LAYER_TIMEOUT_SECONDS, Frame, hub, session_group, watch_group
 from .turns import Turn
 
 __all__ = ["SessionConsumer", "SessionWatchConsumer", "session_group", "watch_group"]
@@ -62,8 +62,6 @@ turn_owner = database_async(services.turn_owner)
 last_user_message = database_async(selectors.last_user_message)
 feedback_record = database_async(services.feedback_record)
 
-# A channel layer that does not answer within this is skipped when leaving.
-LAYER_TIMEOUT_SECONDS = 5.0
 # A process asked to send a running turn's frames answers within this, or the reply is given up on.
 FOLLOW_TIMEOUT_SECONDS = 5.0
 # At most one such request this often when frames arrive with a gap.

@@ -522,22 +522,39 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @dataclass
 class PrivateRedis:
-    """A Redis server of the tests' own, on its own port, keeping nothing on disk: never the shared one."""
+    """A Redis server of the tests' own, keeping nothing on disk: never the shared one.
 
-    port: int
+    It listens on its own TCP port, or with `unix_socket` on that socket only.
+    """
+
+    port: int = 0
+    unix_socket: Path | None = None
     process: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
+        if self.unix_socket is not None:
+            return f"unix://{self.unix_socket}?db={db}"
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
         executable = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if self.unix_socket is not None:
+            listen = ["--port", "0", "--unixsocket", str(self.unix_socket)]
+        else:
+            listen = ["--port", str(self.port), "--bind", "127.0.0.1"]
         self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [executable, *listen, "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        port_wait(self.port, self.process, timeout=10)
+        if self.unix_socket is None:
+            port_wait(self.port, self.process, timeout=10)
+            return
+        deadline = time.monotonic() + 10
+        while not self.unix_socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not open {self.unix_socket}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -545,34 +562,27 @@ class PrivateRedis:
             self.process = None
 
 
+def redis_server_required() -> None:
+    if not shutil.which("redis-server") and not os.path.exists("/usr/bin/redis-server"):
+        service_missing("redis-server is not installed")
+
+
 @pytest.fixture
 def unix_redis(tmp_path) -> Iterator[str]:
     """Start a private Redis server listening on a Unix socket only; yield its `unix://` URL."""
-    executable = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(executable):
-        service_missing("redis-server is not installed")
-    path = tmp_path / "redis.sock"
-    process = subprocess.Popen(
-        [executable, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis_server_required()
+    server = PrivateRedis(unix_socket=tmp_path / "redis.sock")
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        while not path.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not open {path}")
-            time.sleep(0.02)
-        yield f"unix://{path}?db=0"
+        yield server.url()
     finally:
-        process_stop(process)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
     """Start a private Redis server; stop it afterwards."""
-    if not shutil.which("redis-server") and not os.path.exists("/usr/bin/redis-server"):
-        service_missing("redis-server is not installed")
+    redis_server_required()
     server = PrivateRedis(port=free_port())
     server.start()
     try:
